@@ -1,0 +1,3 @@
+def main() -> None:
+    import pyctr.daemon
+    print(pyctr.daemon.__file__)

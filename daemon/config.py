@@ -1,0 +1,201 @@
+"""pyctrd's configuration: one dataclass tree, loaded from TOML.
+
+Defaults and their explanations live here and nowhere else: `pyctrd config
+default` renders this tree as commented TOML. Unknown keys and wrong types are
+refused with the key's dotted name, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyctr.daemon.errors import InvalidArgument
+
+DEFAULT_CONFIG_PATH = Path("/etc/pyctr/config.toml")
+
+
+def _opt(default: Any, doc: str) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def _section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"doc": doc})
+
+
+@dataclass
+class RegistryHost:
+    mirrors: list[str] = _opt([], "mirror endpoints tried in order, then the host itself")
+    insecure: bool = _opt(False, "talk plain HTTP to this host")
+    skip_verify: bool = _opt(False, "accept any TLS certificate")
+    ca_file: str = _opt("", "PEM bundle of CAs to trust for this host")
+    cert_file: str = _opt("", "client certificate (PEM) for mutual TLS")
+    key_file: str = _opt("", "client key (PEM) for mutual TLS")
+    username: str = _opt("", "user for basic or token auth")
+    password: str = _opt("", "password for basic or token auth")
+    auth: str = _opt("", "base64 of user:password, instead of username/password")
+
+
+@dataclass
+class Registry:
+    max_concurrent_downloads: int = _opt(3, "layers downloaded at once per pull")
+    timeout: float = _opt(30.0, "seconds without progress before a registry request fails")
+    hosts: dict[str, RegistryHost] = _opt(
+        {}, 'per-host settings: [registry.hosts."host:port"] tables'
+    )
+
+
+@dataclass
+class Snapshotter:
+    backend: str = _opt("overlayfs", 'snapshotter: "overlayfs" or "native" (copying)')
+    allow_devices: bool = _opt(True, "let image layers create device nodes")
+
+
+@dataclass
+class Cni:
+    conf_dir: str = _opt("/etc/cni/net.d", "where CNI network configs are read")
+    bin_dir: str = _opt("/usr/lib/cni", "where CNI plugins are found")
+
+
+@dataclass
+class Streaming:
+    address: str = _opt("127.0.0.1", "address the exec/attach/port-forward server binds")
+    port: int = _opt(0, "port of the streaming server; 0 picks a free one")
+    token_ttl: float = _opt(60.0, "seconds a streaming URL stays valid")
+
+
+@dataclass
+class Cri:
+    sandbox_image: str = _opt("registry.k8s.io/pause:3.9", "image of each pod's infra container")
+    cgroup_driver: str = _opt("cgroupfs", 'cgroup driver reported to the kubelet: "cgroupfs"')
+    restrict_oom_score_adj: bool = _opt(
+        True, "never give a container an oom_score_adj below the daemon's own"
+    )
+    cni: Cni = _section(Cni, "container networking")
+    streaming: Streaming = _section(Streaming, "the streaming server")
+
+
+@dataclass
+class Runtime:
+    runc: str = _opt("runc", "the OCI runtime binary (name on PATH or absolute path)")
+    shim_debug: bool = _opt(False, "shims log at debug level into their state dir")
+
+
+@dataclass
+class Config:
+    root: str = _opt("/var/lib/pyctr", "persistent state: content, snapshots, metadata")
+    state: str = _opt("/run/pyctr", "runtime state: sockets, bundles, exit records")
+    address: str = _opt("/run/pyctr/pyctr.sock", "the gRPC socket")
+    socket_group: str = _opt("", "group allowed on the socket besides root (mode 0660)")
+    log_level: str = _opt("info", "debug, info, warning or error")
+    registry: Registry = _section(Registry, "image registries")
+    snapshotter: Snapshotter = _section(Snapshotter, "root filesystems from image layers")
+    runtime: Runtime = _section(Runtime, "container runtime")
+    cri: Cri = _section(Cri, "Kubernetes CRI")
+
+    @property
+    def root_dir(self) -> Path:
+        return Path(self.root)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.state)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in known:
+            raise InvalidArgument(f"config: unknown key {name!r}")
+        kwargs[key] = _convert(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"config: {name!r} must be a table")
+        return _build(hint, value, name)  # type: ignore[arg-type]
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        _, vtype = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise InvalidArgument(f"config: {name!r} must be a table")
+        return {k: _convert(vtype, v, f"{name}.{k}") for k, v in value.items()}
+    if origin is list:
+        (itype,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise InvalidArgument(f"config: {name!r} must be a list")
+        return [_convert(itype, v, name) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise InvalidArgument(f"config: {name!r} must be {hint.__name__}, not {value!r}")
+    return value
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (missing default path = all defaults), then apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            if path != DEFAULT_CONFIG_PATH:
+                raise InvalidArgument(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"config file {path}: {e}") from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return _build(Config, data, "")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | list):
+        return json.dumps(value)
+    return repr(value)
+
+
+def render_default() -> str:
+    """The full default config as TOML, every key with a comment."""
+    lines = ["# pyctrd configuration (defaults). Save as /etc/pyctr/config.toml and edit.", ""]
+
+    def emit(obj: Any, table: str) -> None:
+        sections = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                sections.append((f, value))
+                continue
+            lines.append(f"# {f.metadata['doc']}")
+            if isinstance(value, dict):
+                lines.append(f"# {f.name} = {{}}")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        if table == "registry":
+            lines.append("# e.g.")
+            lines.append('# [registry.hosts."myregistry:5000"]')
+            for hf in dataclasses.fields(RegistryHost):
+                lines.append(f"# {hf.name} = {_toml_value(getattr(RegistryHost(), hf.name))}")
+        for f, value in sections:
+            name = f"{table}.{f.name}" if table else f.name
+            lines.extend(["", f"# {f.metadata['doc']}", f"[{name}]"])
+            emit(value, name)
+
+    emit(Config(), "")
+    return "\n".join(lines) + "\n"
+
+
