@@ -43,13 +43,14 @@ class RegistryHost:
     auth: str = _opt("", "base64 of user:password, instead of username/password")
 
 
+_REGISTRY_HOSTS_DOC = "settings for one registry host (host or host:port); add one table per host"
+
+
 @dataclass
 class Registry:
     max_concurrent_downloads: int = _opt(3, "layers downloaded at once per pull")
     timeout: float = _opt(30.0, "seconds without progress before a registry request fails")
-    hosts: dict[str, RegistryHost] = _opt(
-        {}, 'per-host settings: [registry.hosts."host:port"] tables'
-    )
+    hosts: dict[str, RegistryHost] = _opt({}, "per-host settings, see below")
 
 
 @dataclass
@@ -169,9 +170,12 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def render_default() -> str:
-    """The full default config as TOML, every key with a comment."""
-    lines = ["# pyctrd configuration (defaults). Save as /etc/pyctr/config.toml and edit.", ""]
+SECRET_KEYS = frozenset({"password", "auth"})
+
+
+def render(config: Config, *, redact: bool = True) -> str:
+    """`config` as TOML, every key with its comment; secrets redacted."""
+    lines = ["# pyctrd configuration. Save as /etc/pyctr/config.toml and edit.", ""]
 
     def emit(obj: Any, table: str) -> None:
         sections = []
@@ -180,22 +184,34 @@ def render_default() -> str:
             if dataclasses.is_dataclass(value):
                 sections.append((f, value))
                 continue
+            if f.name == "hosts":
+                continue
+            if redact and f.name in SECRET_KEYS and value:
+                value = "<redacted>"
             lines.append(f"# {f.metadata['doc']}")
-            if isinstance(value, dict):
-                lines.append(f"# {f.name} = {{}}")
-            else:
-                lines.append(f"{f.name} = {_toml_value(value)}")
+            lines.append(f"{f.name} = {_toml_value(value)}")
         if table == "registry":
-            lines.append("# e.g.")
-            lines.append('# [registry.hosts."myregistry:5000"]')
-            for hf in dataclasses.fields(RegistryHost):
-                lines.append(f"# {hf.name} = {_toml_value(getattr(RegistryHost(), hf.name))}")
+            hosts = obj.hosts or {"myregistry:5000": None}
+            for host, settings in hosts.items():
+                prefix = "" if settings else "# "
+                lines.extend(["", f"# {_REGISTRY_HOSTS_DOC}", f'{prefix}[registry.hosts."{host}"]'])
+                shown = settings or RegistryHost()
+                for hf in dataclasses.fields(RegistryHost):
+                    value = getattr(shown, hf.name)
+                    if redact and hf.name in SECRET_KEYS and value:
+                        value = "<redacted>"
+                    lines.append(
+                        f"{prefix}{hf.name} = {_toml_value(value)}  # {hf.metadata['doc']}"
+                    )
         for f, value in sections:
             name = f"{table}.{f.name}" if table else f.name
             lines.extend(["", f"# {f.metadata['doc']}", f"[{name}]"])
             emit(value, name)
 
-    emit(Config(), "")
+    emit(config, "")
     return "\n".join(lines) + "\n"
 
 
+def render_default() -> str:
+    """The full default config as TOML (`pyctrd config default`)."""
+    return render(Config())

@@ -1,0 +1,69 @@
+"""CRI `runtime.v1.RuntimeService`: a thin layer over the daemon's managers.
+
+Each handler translates the CRI message to a call on a manager and back; the
+work lives elsewhere. RPCs not yet built fall through to the generated base
+class, which the server's interceptor answers as UNIMPLEMENTED with the name.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from pyctr.daemon import host
+from pyctr.daemon.context import Context
+from pyctr.daemon.version import CRI_API_VERSION, RUNTIME_NAME, VERSION
+from pyctr.proto import cri_pb2 as cri
+from pyctr.proto import cri_pb2_grpc
+
+
+class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def Version(  # noqa: N802 (gRPC method names)
+        self, request: cri.VersionRequest, context: grpc.aio.ServicerContext
+    ) -> cri.VersionResponse:
+        return cri.VersionResponse(
+            version="0.1.0",  # the CRI's own "kubelet API version" field
+            runtime_name=RUNTIME_NAME,
+            runtime_version=VERSION,
+            runtime_api_version=CRI_API_VERSION,
+        )
+
+    async def Status(  # noqa: N802
+        self, request: cri.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> cri.StatusResponse:
+        runtime_ready = cri.RuntimeCondition(type="RuntimeReady", status=True)
+        if self.ctx.runc_path is None:
+            runtime_ready.status = False
+            runtime_ready.reason = "RuncNotFound"
+            runtime_ready.message = f"runc binary {self.ctx.config.runtime.runc!r} not found"
+        network_ready = self._network_condition()
+        info: dict[str, str] = {}
+        if request.verbose:
+            import json
+
+            info["config"] = json.dumps(
+                {"runc": self.ctx.runc_path, "cgroup": host.cgroup_version()}
+            )
+        return cri.StatusResponse(
+            status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]), info=info
+        )
+
+    def _network_condition(self) -> cri.RuntimeCondition:
+        cni = self.ctx.config.cri.cni
+        if not host.cni_configs(cni.conf_dir):
+            return cri.RuntimeCondition(
+                type="NetworkReady",
+                status=False,
+                reason="NetworkPluginNotReady",
+                message=f"no CNI network config found in {cni.conf_dir}",
+            )
+        # Pod networking is wired in with the CRI sandbox work; until then the
+        # honest answer is "not ready", whatever configs exist.
+        return cri.RuntimeCondition(
+            type="NetworkReady",
+            status=False,
+            reason="NetworkPluginNotReady",
+            message="pyctr does not set up pod networking yet",
+        )

@@ -1,0 +1,82 @@
+"""Probes of the host: runc, kernel features, cgroups, CNI.
+
+Used by `Info`, CRI `Status` and the startup log line, so an operator sees at a
+glance what pyctr found. Each probe is cheap (a file read or one exec) and its
+result is cached by the caller where it is on a hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    value: str
+    detail: str = ""
+
+
+def find_runc(runc: str) -> str | None:
+    """Absolute path of the runc binary named in the config, or None."""
+    if os.sep in runc:
+        return runc if os.access(runc, os.X_OK) else None
+    return shutil.which(runc)
+
+
+def runc_version(path: str | None) -> str:
+    if path is None:
+        return ""
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
+def has_overlayfs() -> bool:
+    try:
+        return any(
+            line.split()[-1] == "overlay"
+            for line in Path("/proc/filesystems").read_text().splitlines()
+        )
+    except OSError:
+        return False
+
+
+def cgroup_version() -> str:
+    """ "v2" (unified only), "v1" (legacy) or "v1+v2" (hybrid)."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        return "v2"
+    if (root / "unified" / "cgroup.controllers").exists():
+        return "v1+v2"
+    return "v1" if (root / "memory").is_dir() else "none"
+
+
+def cni_configs(conf_dir: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(conf_dir))
+    except OSError:
+        return []
+    return [n for n in names if n.endswith((".conf", ".conflist", ".json"))]
+
+
+def features(conf_dir: str, bin_dir: str) -> list[Feature]:
+    configs = cni_configs(conf_dir)
+    cni_detail = ", ".join(configs) if configs else f"no network config in {conf_dir}"
+    plugins = sorted(os.listdir(bin_dir)) if os.path.isdir(bin_dir) else []
+    return [
+        Feature("overlayfs", "yes" if has_overlayfs() else "no"),
+        Feature("cgroup", cgroup_version()),
+        Feature("cni", "yes" if configs else "no", cni_detail),
+        Feature("cni-plugins", str(len(plugins)), bin_dir),
+        Feature("arch", platform.machine()),
+    ]

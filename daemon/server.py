@@ -1,0 +1,136 @@
+"""The one grpc.aio server: CRI and the native API on one unix socket.
+
+Every call passes through `CallInterceptor`, the single place where pyctr
+errors become gRPC status codes, where unexpected exceptions are logged (and
+answered with a short INTERNAL message, never a traceback), and where each
+RPC's name and duration are logged at debug level.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from pyctr.daemon.context import Context
+from pyctr.daemon.errors import PyctrError
+
+log = logging.getLogger("pyctr.rpc")
+
+# 16 MiB: room for big ListContainers / ExecSync answers, small enough that a
+# hostile client cannot make the daemon buffer gigabytes.
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def _status_for(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, PyctrError):
+        return exc.code, str(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, f"{method.lstrip('/')} is not implemented by pyctr"
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error in {method.lstrip('/')}; see the pyctrd log"
+
+
+def _log_done(method: str, started: float, outcome: str) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s %.2fms", method, outcome, (time.perf_counter() - started) * 1000)
+
+
+def _wrap_unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        outcome = "OK"
+        try:
+            return await fn(request, context)
+        except grpc.aio.AbortError:
+            outcome = "aborted"
+            raise
+        except Exception as exc:
+            code, message = _status_for(method, exc)
+            outcome = code.name
+            await context.abort(code, message)
+        finally:
+            _log_done(method, started, outcome)
+
+    return call
+
+
+def _wrap_stream(method: str, fn: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        outcome = "OK"
+        try:
+            result = fn(request, context)
+            if inspect.isasyncgen(result):
+                async for item in result:
+                    yield item
+            else:
+                await result
+        except grpc.aio.AbortError:
+            outcome = "aborted"
+            raise
+        except Exception as exc:
+            code, message = _status_for(method, exc)
+            outcome = code.name
+            await context.abort(code, message)
+        finally:
+            _log_done(method, started, outcome)
+
+    return call
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        kw = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary), **kw
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(method, handler.stream_unary), **kw
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream), **kw
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(method, handler.stream_stream), **kw
+        )
+
+
+def build(ctx: Context) -> grpc.aio.Server:
+    """The server with every service registered; not yet bound or started."""
+    from pyctr.daemon import cri_runtime, native_system
+    from pyctr.proto import cri_pb2_grpc, system_pb2_grpc
+
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    # Services, one line each.
+    cri_pb2_grpc.add_RuntimeServiceServicer_to_server(cri_runtime.RuntimeService(ctx), server)
+    # The generated base answers every call with NotImplementedError, which
+    # the interceptor turns into UNIMPLEMENTED naming the method.
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(cri_pb2_grpc.ImageServiceServicer(), server)
+    system_pb2_grpc.add_SystemServicer_to_server(native_system.SystemService(ctx), server)
+    return server
