@@ -89,7 +89,7 @@ def resolve_address(flag: str | None) -> str:
 
 def rpc_error(e: grpc.RpcError, address: str) -> CliError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    details = e.details() if hasattr(e, "details") else str(e)
+    details = (e.details() if hasattr(e, "details") else str(e)) or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
         return CliError(
             f"cannot reach pyctrd at {address}: {details}; {_hint(address)}", EXIT_UNAVAILABLE

@@ -140,8 +140,13 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         received: list[int] = []
+
+        def on_signal(sig: int) -> None:
+            received.append(sig)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda s=sig: (received.append(s), stop.set()))
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
             await server.start()
             _secure_socket(address, cfg.socket_group)

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from pyctr.daemon.context import Context
-from pyctr.daemon.errors import PyctrError
+from pyctr.daemon.errors import InvalidArgument, PyctrError
 
 log = logging.getLogger("pyctr.rpc")
 
@@ -40,12 +41,24 @@ def _log_done(method: str, started: float, outcome: str) -> None:
         log.debug("%s %s %.2fms", method, outcome, (time.perf_counter() - started) * 1000)
 
 
-def _wrap_unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _decode(method: str, deserializer: Callable[[bytes], Any] | None, raw: Any) -> Any:
+    """Parse the request here, not inside grpc, so bad bytes get INVALID_ARGUMENT."""
+    if deserializer is None or not isinstance(raw, bytes):
+        return raw
+    try:
+        return deserializer(raw)
+    except DecodeError as e:
+        raise InvalidArgument(f"malformed {method.rsplit('/', 1)[-1]} request: {e}") from None
+
+
+def _wrap_unary(
+    method: str, fn: Callable[..., Awaitable[Any]], deserializer: Callable[[bytes], Any] | None
+) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         outcome = "OK"
         try:
-            return await fn(request, context)
+            return await fn(_decode(method, deserializer, request), context)
         except grpc.aio.AbortError:
             outcome = "aborted"
             raise
@@ -59,12 +72,14 @@ def _wrap_unary(method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[...,
     return call
 
 
-def _wrap_stream(method: str, fn: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    method: str, fn: Callable[..., Any], deserializer: Callable[[bytes], Any] | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.perf_counter()
         outcome = "OK"
         try:
-            result = fn(request, context)
+            result = fn(_decode(method, deserializer, request), context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item
@@ -93,24 +108,25 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
-        kw = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        parse = handler.request_deserializer
+        out = {"response_serializer": handler.response_serializer}
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary), **kw
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, handler.stream_unary), **kw
+                _wrap_unary(method, handler.unary_unary, parse), **out
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream), **kw
+                _wrap_stream(method, handler.unary_stream, parse), **out
             )
+        # Client-streaming calls keep grpc's own parsing of each message.
+        kw = {"request_deserializer": parse, **out}
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(method, handler.stream_unary, None), **kw
+            )
+        assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(method, handler.stream_stream), **kw
+            _wrap_stream(method, handler.stream_stream, None), **kw
         )
 
 
