@@ -32,7 +32,9 @@ def test_mypy() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose not installed")
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="Debian's docker-compose not installed"
+)
 def test_compose_file_is_valid() -> None:
     proc = run("docker-compose", "-f", "docker-compose.test.yml", "config", "-q")
     assert proc.returncode == 0, proc.stderr
