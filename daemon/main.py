@@ -122,6 +122,7 @@ def _secure_socket(path: Path, group: str) -> None:
 async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon import server as server_mod
     from pyctr.daemon.context import Context
+    from pyctr.daemon.events import EventBus
     from pyctr.daemon.metadata import Metadata
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
@@ -135,6 +136,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         if runc_path is None:
             log.warning("runc %r not found: containers cannot run", cfg.runtime.runc)
         ctx = Context(config=cfg, config_file=config_file, db=db, runc_path=runc_path)
+        ctx.events = EventBus()
         server = server_mod.build(ctx)
         server.add_insecure_port(f"unix:{address}")
         stop = asyncio.Event()
