@@ -1,0 +1,324 @@
+"""The layer applier: image layers in, committed snapshots named by chain ID out.
+
+    top = Unpacker(snapshotter).unpack([Layer(diff_id, media_type, open), ...])
+
+For each layer not yet committed, the compressed blob is opened, decompressed
+by its media type (checked against the magic bytes), extracted path-safely
+(pyctr.snapshotter.unpack) into an `extract-<uuid> <chainID>` snapshot,
+verified against its diffID, and committed as its chain ID with the diffID
+as a label. A failed layer leaves no snapshot behind; a crash leaves
+`extract-*` snapshots that `reconcile()` removes at the next start.
+
+With the overlay backend layers do not depend on each other's content, so up
+to `max_parallel` extract at once and are committed in chain order as they
+finish; the native backend copies each parent, so it goes one by one.
+Concurrent unpacks of overlapping chains share the work: the first to claim a
+chain ID unpacks it, the others wait for it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import io
+import logging
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+from isal import igzip, isal_zlib
+
+from pyctr.daemon.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound, PyctrError
+from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
+from pyctr.snapshotter.lowers import settle_implicit_dirs
+from pyctr.snapshotter.unpack import Extracted, extract
+
+log = logging.getLogger("pyctr.snapshotter")
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass
+class Layer:
+    diff_id: str  # "sha256:..." of the uncompressed tar
+    media_type: str  # OCI or Docker layer media type
+    open: Callable[[], BinaryIO]  # blocks until the compressed blob is available
+
+
+def _check_digest(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or hexpart.strip("0123456789abcdef"):
+        raise InvalidArgument(f"diff ID {digest!r} is not a sha256 digest")
+    return digest
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """Chain IDs, per the OCI image spec.
+
+    chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
+    """
+    out: list[str] = []
+    for diff_id in diff_ids:
+        _check_digest(diff_id)
+        if not out:
+            out.append(diff_id)
+        else:
+            text = f"{out[-1]} {diff_id}".encode()
+            out.append("sha256:" + hashlib.sha256(text).hexdigest())
+    return out
+
+
+def compression_of(media_type: str) -> str:
+    """ "gzip", "zstd" or "none", from an OCI or Docker layer media type."""
+    mt = media_type.strip().lower()
+    if not mt.startswith(
+        ("application/vnd.oci.image.layer.", "application/vnd.docker.image.rootfs.")
+    ):
+        raise InvalidArgument(f"unsupported layer media type {media_type!r}")
+    if mt.endswith(("+gzip", ".gzip")):
+        return "gzip"
+    if mt.endswith(("+zstd", ".zstd")):
+        return "zstd"
+    if mt.endswith(("tar", ".tar")):
+        return "none"
+    raise InvalidArgument(f"unsupported layer media type {media_type!r}")
+
+
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]
+    EOFError,
+    zlib.error,
+    isal_zlib.IsalError,
+    zstandard.ZstdError,
+    igzip.BadGzipFile,
+)
+
+
+class _Guarded(io.RawIOBase):
+    """Decompressed bytes, hashed as they pass; decoder errors become InvalidArgument."""
+
+    def __init__(self, inner: BinaryIO, what: str) -> None:
+        self.inner = inner
+        self.what = what
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            data = self.inner.read(-1 if size is None else size)
+        except _DECODE_ERRORS as e:
+            raise InvalidArgument(f"{self.what}: corrupt compressed data: {e}") from None
+        self.sha.update(data)
+        return data
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def open_uncompressed(raw: BinaryIO, media_type: str, what: str) -> tuple[BinaryIO, _Guarded]:
+    """The layer's tar stream, after checking the blob's magic against its media type.
+
+    Returns (buffered stream to read, the hashing reader under it).
+    """
+    kind = compression_of(media_type)
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type,type-var]
+    head = buffered.peek(4)[:4]  # type: ignore[attr-defined]
+    found = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
+    if found != kind:
+        actual = "uncompressed (or unknown)" if found == "none" else found
+        raise InvalidArgument(
+            f"{what}: media type {media_type} says {kind} but the data is {actual}"
+        )
+    inner: BinaryIO
+    if kind == "gzip":
+        inner = igzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
+    elif kind == "zstd":
+        dctx = zstandard.ZstdDecompressor()
+        inner = dctx.stream_reader(buffered, read_across_frames=True)  # type: ignore[assignment]
+    else:
+        inner = buffered  # type: ignore[assignment]
+    guarded = _Guarded(inner, what)
+    # Big reads from the decoder; tarfile's 10 KiB reads are served from here.
+    return io.BufferedReader(guarded, buffer_size=1 << 20), guarded  # type: ignore[return-value]
+
+
+class _Flights:
+    """Chain IDs being unpacked right now, per snapshotter, across Unpackers."""
+
+    _lock = threading.Lock()
+    _by_root: dict[int, dict[str, cf.Future[None]]] = {}
+
+    @classmethod
+    def claim(cls, sn: Snapshotter, chain: str) -> tuple[cf.Future[None], bool]:
+        with cls._lock:
+            table = cls._by_root.setdefault(id(sn), {})
+            fut = table.get(chain)
+            if fut is not None:
+                return fut, False
+            fut = cf.Future()
+            table[chain] = fut
+            return fut, True
+
+    @classmethod
+    def release(cls, sn: Snapshotter, chain: str) -> None:
+        with cls._lock:
+            cls._by_root.get(id(sn), {}).pop(chain, None)
+
+
+class Unpacker:
+    def __init__(
+        self, snapshotter: Snapshotter, *, allow_devices: bool = True, max_parallel: int = 3
+    ) -> None:
+        self.sn = snapshotter
+        self.allow_devices = allow_devices
+        self.max_parallel = max(1, max_parallel)
+
+    def _committed(self, chain: str) -> bool:
+        try:
+            return self.sn.stat(chain).kind == Kind.COMMITTED
+        except NotFound:
+            return False
+
+    def unpack(self, layers: Sequence[Layer]) -> str:
+        """Make sure every layer's chain is committed; return the top chain ID.
+
+        Synchronous (run it in a thread). Idempotent: committed chains are
+        skipped without opening their blobs.
+        """
+        if not layers:
+            raise InvalidArgument("an image needs at least one layer")
+        chains = chain_ids([layer.diff_id for layer in layers])
+        for layer in layers:
+            compression_of(layer.media_type)  # refuse bad input before any work
+        while True:
+            # Layers are committed bottom-up, so the highest committed one
+            # tells where work starts.
+            start = next(
+                (i + 1 for i in reversed(range(len(chains))) if self._committed(chains[i])), 0
+            )
+            if start == len(chains):
+                return chains[-1]
+            if self._unpack_from(layers, chains, start):
+                return chains[-1]
+
+    def _unpack_from(self, layers: Sequence[Layer], chains: list[str], start: int) -> bool:
+        """Unpack chains[start:]; False when another unpack failed a layer we need."""
+        claims = [_Flights.claim(self.sn, chain) for chain in chains[start:]]
+        mine: list[int] = []
+        for i, (fut, owned) in enumerate(claims, start):
+            if owned and self._committed(chains[i]):  # finished just before our claim
+                fut.set_result(None)
+            elif owned:
+                mine.append(i)
+        targets: dict[int, LayerTarget] = {}
+        pool = cf.ThreadPoolExecutor(
+            max_workers=self.max_parallel if self.sn.independent_layers else 1,
+            thread_name_prefix="pyctr-unpack",
+        )
+        done = False
+        try:
+            jobs: dict[int, cf.Future[Extracted]] = {}
+            if self.sn.independent_layers:
+                for i in mine:
+                    jobs[i] = pool.submit(self._extract, layers[i], chains, i, targets)
+            for i, (fut, _) in enumerate(claims, start):
+                if i not in mine:
+                    try:
+                        fut.result()
+                    except Exception:
+                        return False  # its owner failed: look again, maybe claim it
+                    continue
+                if i not in jobs:  # native: the parent had to be committed first
+                    jobs[i] = pool.submit(self._extract, layers[i], chains, i, targets)
+                extracted = jobs[i].result()
+                self._commit(layers[i], chains, i, targets.pop(i), extracted)
+                fut.set_result(None)
+            done = True
+            return True
+        finally:
+            # Stop extractions not started; wait for running ones to stop.
+            pool.shutdown(wait=True, cancel_futures=True)
+            for target in targets.values():
+                self._discard(target.key)
+            for i in mine:
+                fut = claims[i - start][0]
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"unpack of {chains[i]} failed"))
+                _Flights.release(self.sn, chains[i])
+            if not done:
+                log.debug("unpack of %s stopped", chains[-1])
+
+    def _extract(
+        self, layer: Layer, chains: list[str], i: int, targets: dict[int, LayerTarget]
+    ) -> Extracted:
+        what = f"layer {i} ({layer.diff_id})"
+        parent = chains[i - 1] if i else None
+        key = f"{EXTRACT_PREFIX}{uuid.uuid4().hex} {chains[i]}"
+        target = self.sn.prepare_layer(key, parent)
+        targets[i] = target
+        began = time.monotonic()
+        try:
+            with layer.open() as raw:
+                stream, hashed = open_uncompressed(raw, layer.media_type, what)
+                try:
+                    result = extract(
+                        stream, target.path, target.whiteouts, allow_devices=self.allow_devices
+                    )
+                except InvalidArgument as e:
+                    raise InvalidArgument(f"{what}: {e}") from None
+                # The diffID covers the whole stream, padding after the tar's end too.
+                while stream.read(1 << 20):
+                    pass
+            got = "sha256:" + hashed.sha.hexdigest()
+            if got != layer.diff_id:
+                raise DataLoss(f"{what}: uncompressed content has digest {got}")
+        except BaseException:
+            targets.pop(i, None)
+            self._discard(key)
+            raise
+        log.debug(
+            "%s: %d entries, %d bytes in %.3fs",
+            what,
+            result.entries,
+            result.bytes,
+            time.monotonic() - began,
+        )
+        return result
+
+    def _commit(
+        self, layer: Layer, chains: list[str], i: int, target: LayerTarget, extracted: Extracted
+    ) -> None:
+        parent = chains[i - 1] if i else None
+        try:
+            if target.whiteouts == "overlay":
+                settle_implicit_dirs(
+                    target.path, extracted.implicit_dirs, self.sn.lower_dirs(parent)
+                )
+            self.sn.commit_layer(chains[i], target.key, parent, {DIFF_ID_LABEL: layer.diff_id})
+        except AlreadyExists:
+            self._discard(target.key)  # committed by someone else meanwhile: same content
+        except PyctrError as e:
+            self._discard(target.key)
+            if isinstance(e, InvalidArgument):
+                raise InvalidArgument(f"layer {i} ({layer.diff_id}): {e}") from None
+            raise
+        except BaseException:
+            self._discard(target.key)
+            raise
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.sn.remove(key)
+        except NotFound:
+            pass
+        except Exception:
+            log.exception("could not remove extraction snapshot %s", key)
