@@ -1,0 +1,124 @@
+"""The image side of the daemon in one object: stores, puller, GC, registry.
+
+    manager = await ImageManager.open(ctx)     # at daemon start (runs a GC)
+    image = await manager.pull("busybox", creds, platform="", progress=None)
+    image = manager.store.get("busybox")        # ID, name, digest or repo digest
+    config = manager.store.config(image)        # OCI image config (dict)
+    await manager.remove("busybox")             # then GC
+    await manager.close()
+
+CRI's ImageService and the native Images/Content/GC services are thin layers
+over this; the container side uses `store.get` / `store.config` and
+`image.chain_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyctr.daemon.content import ContentStore
+from pyctr.daemon.gc import GarbageCollector, GCResult
+from pyctr.daemon.images import Image, ImageStore
+from pyctr.daemon.leases import Leases
+from pyctr.daemon.pull import LayerProgress, Puller, PullProgress
+from pyctr.daemon.registry import RegistryClient
+from pyctr.daemon.registry_auth import Credentials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    timestamp_ns: int
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+
+
+class ImageManager:
+    def __init__(self, ctx: Any) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.config = cfg
+        self.content = ContentStore(cfg.root_dir / "content")
+        self.leases = Leases(ctx.db)
+        self.store = ImageStore(ctx.db, self.content, on_event=self._event)
+        self.snapshotter = ctx.snapshotter
+        self._dropped = False
+        self.gc = GarbageCollector(self.content, self.store, self.leases, self.snapshotter)
+        self.registry = RegistryClient(cfg.registry)
+        self.puller = Puller(
+            cfg, self.content, self.store, self.leases, self.gc, self.snapshotter, self.registry
+        )
+
+    @classmethod
+    async def open(cls, ctx: Any) -> ImageManager:
+        if ctx.snapshotter is None:
+            from pyctr.snapshotter import open_snapshotter
+
+            ctx.snapshotter = open_snapshotter(ctx.config, ctx.db, ctx.config.root_dir)
+            await asyncio.to_thread(ctx.snapshotter.reconcile)
+        self = cls(ctx)
+        ctx.content = self.content
+        ctx.images = self
+        # Drop expired leases and whatever only they kept (an interrupted
+        # pull's partial downloads outlive a restart while its lease lives).
+        await self.gc.collect()
+        return self
+
+    async def close(self) -> None:
+        await self.gc.wait_idle()
+        await self.registry.close()
+        self.puller.close()
+
+    def _event(self, action: str, image_id: str, name: str) -> None:
+        if action == "delete":
+            self._dropped = True
+        bus = getattr(self.ctx, "events", None)
+        if bus is not None:
+            bus.publish(f"/images/{action}", image_id, name=name)
+
+    async def pull(
+        self,
+        ref: str,
+        creds: Credentials | None = None,
+        platform: str = "",
+        progress: PullProgress | None = None,
+    ) -> Image:
+        image = await self.puller.pull(ref, creds, platform, progress)
+        if self._dropped:
+            # The pull moved a name off an image that then had none left.
+            self._dropped = False
+            self.gc.schedule()
+        return image
+
+    async def remove(self, ref: str, collect: bool = True) -> list[str]:
+        deleted = self.store.remove(ref)
+        if deleted and collect:
+            await self.gc.collect()
+        return deleted
+
+    async def collect(self) -> GCResult:
+        return await self.gc.collect()
+
+    def layer_done(self, lp: LayerProgress) -> int:
+        """Bytes of a layer downloaded so far (live, for progress displays)."""
+        if lp.state in ("waiting", "downloading"):
+            offset = self.content.inflight_offset(lp.digest)
+            if offset is not None:
+                return offset
+        return lp.done
+
+    async def fs_usage(self) -> FsUsage:
+        def measure() -> FsUsage:
+            used, inodes = self.content.usage()
+            if self.snapshotter is not None:
+                u = self.snapshotter.fs_usage()
+                used, inodes = used + u.size_bytes, inodes + u.inodes
+            return FsUsage(time.time_ns(), str(self.config.root_dir), used, inodes)
+
+        return await asyncio.to_thread(measure)
