@@ -123,6 +123,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon import server as server_mod
     from pyctr.daemon.context import Context
     from pyctr.daemon.events import EventBus
+    from pyctr.daemon.image_manager import ImageManager
     from pyctr.daemon.metadata import Metadata
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
@@ -137,6 +138,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
             log.warning("runc %r not found: containers cannot run", cfg.runtime.runc)
         ctx = Context(config=cfg, config_file=config_file, db=db, runc_path=runc_path)
         ctx.events = EventBus()
+        images = await ImageManager.open(ctx)  # also opens the snapshotter if unset
         server = server_mod.build(ctx)
         server.add_insecure_port(f"unix:{address}")
         stop = asyncio.Event()
@@ -164,6 +166,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
             log.info("received %s, shutting down", signal.Signals(received[0]).name)
         finally:
             await server.stop(SHUTDOWN_GRACE)
+            await images.close()
             address.unlink(missing_ok=True)
             db.close()
             log.info("pyctrd stopped")

@@ -132,7 +132,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 def build(ctx: Context) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
-    from pyctr.daemon import cri_runtime, native_system
+    from pyctr.daemon import cri_runtime, native_images, native_system
     from pyctr.proto import cri_pb2_grpc, system_pb2_grpc
 
     server = grpc.aio.server(
@@ -145,8 +145,6 @@ def build(ctx: Context) -> grpc.aio.Server:
     )
     # Services, one line each.
     cri_pb2_grpc.add_RuntimeServiceServicer_to_server(cri_runtime.RuntimeService(ctx), server)
-    # The generated base answers every call with NotImplementedError, which
-    # the interceptor turns into UNIMPLEMENTED naming the method.
-    cri_pb2_grpc.add_ImageServiceServicer_to_server(cri_pb2_grpc.ImageServiceServicer(), server)
+    native_images.register(server, ctx.images)  # CRI ImageService + Images, Content, GC
     system_pb2_grpc.add_SystemServicer_to_server(native_system.SystemService(ctx), server)
     return server
