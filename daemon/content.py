@@ -20,6 +20,7 @@ Files are 0600 and directories 0700: image content may hold secrets.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -259,7 +260,7 @@ class ContentStore:
         finally:
             w.close()
 
-    def ingests(self) -> list[IngestInfo]:
+    def ingests(self) -> builtins.list[IngestInfo]:
         out = []
         with os.scandir(self.ingest_dir) as it:
             for entry in it:

@@ -20,6 +20,7 @@ snapshot chain ID, which GC treats as roots.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import time
@@ -223,7 +224,7 @@ class ImageStore:
 
     # -- writing -----------------------------------------------------------------
 
-    def commit(self, image: Image, names: list[ImageName]) -> Image:
+    def commit(self, image: Image, names: builtins.list[ImageName]) -> Image:
         """Store or refresh the record and point `names` at it, in one transaction."""
         now = time.time()
         events: list[tuple[str, str, str]] = []
@@ -280,7 +281,7 @@ class ImageStore:
         self._publish(events)
         return self.get(image.id)
 
-    def _drop_if_nameless(self, c: Any, image_id: str) -> list[tuple[str, str, str]]:
+    def _drop_if_nameless(self, c: Any, image_id: str) -> builtins.list[tuple[str, str, str]]:
         left = c.execute(
             "SELECT 1 FROM image_names WHERE image_id = ? LIMIT 1", (image_id,)
         ).fetchone()
@@ -323,7 +324,7 @@ class ImageStore:
         self._publish(events)
         return self.get(image.id)
 
-    def remove(self, ref: str) -> list[str]:
+    def remove(self, ref: str) -> builtins.list[str]:
         """Remove what `ref` names; returns the IDs of images deleted outright.
 
         By image ID: the image with all its names. By name or repo digest:
@@ -371,7 +372,7 @@ class ImageStore:
         self._publish(events)
         return deleted
 
-    def _publish(self, events: list[tuple[str, str, str]]) -> None:
+    def _publish(self, events: builtins.list[tuple[str, str, str]]) -> None:
         if self.on_event is None:
             return
         for action, image_id, name in events:

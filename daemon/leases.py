@@ -15,6 +15,7 @@ snapshot key or chain ID) or `ingest` (an ingest ref).
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -94,7 +95,7 @@ class Leases:
         rows = self.db.query("SELECT * FROM leases ORDER BY created")
         return [Lease(r["id"], r["created"], r["expires"], json.loads(r["labels"])) for r in rows]
 
-    def resources(self, lease_id: str) -> list[tuple[str, str]]:
+    def resources(self, lease_id: str) -> builtins.list[tuple[str, str]]:
         rows = self.db.query(
             "SELECT kind, key FROM lease_resources WHERE lease_id = ? ORDER BY kind, key",
             (lease_id,),

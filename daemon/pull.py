@@ -254,7 +254,9 @@ class Puller:
         if chain and top != chain[-1]:
             raise Internal(f"image {r}: unpacked to {top}, expected chain ID {chain[-1]}")
         inner = config.get("config") if isinstance(config.get("config"), dict) else {}
-        labels = inner.get("Labels") if isinstance(inner.get("Labels"), dict) else {}
+        labels = inner.get("Labels")
+        if not isinstance(labels, dict):
+            labels = {}
         image = Image(
             id=config_desc.digest,
             manifest_digest=desc.digest,
@@ -334,10 +336,13 @@ class Puller:
         chain = chain_ids(diff_ids)
         loop = asyncio.get_running_loop()
         async with self._unpack_lock(chain[-1]):
-            unpacking = loop.run_in_executor(self._unpack_pool, unpack)
-            downloads = asyncio.gather(*tasks)
+            unpacking: asyncio.Future[str] = loop.run_in_executor(self._unpack_pool, unpack)
+            downloads: asyncio.Future[Any] = asyncio.gather(*tasks)
             try:
-                await asyncio.wait([downloads, unpacking], return_when=asyncio.FIRST_EXCEPTION)
+                await asyncio.wait(
+                    [downloads, unpacking],  # type: ignore[list-item]
+                    return_when=asyncio.FIRST_EXCEPTION,
+                )
                 if unpacking.done():
                     unpacking.result()  # the unpacker failed early: raise its error
                 await downloads
