@@ -152,7 +152,12 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            await server.start()
+            # The socket is born 0660 (never briefly wider), then given its group.
+            os.umask(0o117)
+            try:
+                await server.start()
+            finally:
+                os.umask(0o077)
             _secure_socket(address, cfg.socket_group)
             log.info(
                 "pyctrd %s serving on %s (root %s, state %s, runc %s)",
