@@ -115,7 +115,12 @@ def settle_implicit_dirs(upper: Path, implicit: list[Comps], lowers: list[Path])
         for path in lowers:
             lower_fds.append(os.open(path, _DIR_FLAGS))
         for comps in sorted(implicit, key=len):
-            kind, lower = _lookup(upper_fd, lower_fds, comps)
+            if not comps:  # the root: the top layer's root is what shows
+                if not lower_fds:
+                    continue
+                kind, lower = "dir", os.dup(lower_fds[0])
+            else:
+                kind, lower = _lookup(upper_fd, lower_fds, comps)
             shown = os.fsdecode(b"/".join(comps))
             if kind in ("symlink", "other"):
                 what = "a symlink" if kind == "symlink" else "not a directory"

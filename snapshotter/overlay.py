@@ -9,7 +9,9 @@ into a parentless active snapshot, and links each to its parent at commit.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +48,12 @@ class OverlaySnapshotter(DirSnapshotter):
         (new / "fs").mkdir(mode=0o755)
         if kind == Kind.ACTIVE:
             (new / "work").mkdir(mode=0o700)
+            if parent is not None:
+                # The merged root shows the upper's metadata: take the image's.
+                st = os.stat(self._fs(parent["id"]))
+                os.chown(new / "fs", st.st_uid, st.st_gid)
+                os.chmod(new / "fs", stat.S_IMODE(st.st_mode))
+                os.utime(new / "fs", ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _mounts(self, row: sqlite3.Row) -> list[Mount]:
         sid = row["id"]

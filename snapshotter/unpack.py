@@ -118,9 +118,13 @@ class Extractor:
         self.result = Extracted()
         self.created: set[Comps] = set()  # paths this layer wrote (any type)
         self.files: set[Comps] = set()  # of those, regular files: hardlink targets
-        self.implicit: set[Comps] = set()
+        # The root counts as implicit until the layer gives it a header.
+        self.implicit: set[Comps] = {()}
         self.whited: set[Comps] = set()  # overlay: paths whited out by this layer
         self.dir_times: dict[Comps, tuple[int, int]] = {}
+        # Delete mode: times of existing dirs this layer changes without a
+        # header for them, put back at the end (as if only the entry changed).
+        self.touched: dict[Comps, tuple[int, int]] = {}
         self._cache: tuple[Comps, int] | None = None  # last parent dir walked
 
     def close(self) -> None:
@@ -164,6 +168,7 @@ class Extractor:
             if not m.isdir():
                 raise BadEntry("only a directory may stand for the root")
             self._dir_meta(self.root_fd, (), m)
+            self.implicit.discard(())
             return
         if m.isdir():
             self._mkdir(comps, m)
@@ -189,6 +194,7 @@ class Extractor:
         """An fd of the entry's parent dir, creating missing dirs on the way."""
         parent = comps[:-1]
         if not parent:
+            self._touch(self.root_fd, ())
             return self.root_fd
         if self._cache is not None and self._cache[0] == parent:
             return self._cache[1]
@@ -196,7 +202,13 @@ class Extractor:
         assert fd is not None
         self._drop_cache()
         self._cache = (parent, fd)
+        self._touch(fd, parent)
         return fd
+
+    def _touch(self, fd: int, comps: Comps) -> None:
+        if not self.overlay and comps not in self.touched:
+            st = os.fstat(fd)
+            self.touched[comps] = (st.st_atime_ns, st.st_mtime_ns)
 
     def _walk(self, comps: Comps, *, create: bool) -> int | None:
         """Open dir `comps` without following symlinks (caller closes; None if missing)."""
@@ -208,6 +220,7 @@ class Extractor:
                 except FileNotFoundError:
                     if not create:
                         return None
+                    self._touch(cur, comps[:i])
                     os.mkdir(c, 0o755, dir_fd=cur)
                     path = comps[: i + 1]
                     self.created.add(path)
@@ -423,6 +436,7 @@ class Extractor:
         if fd is None:
             return
         try:
+            self._touch(fd, path[:-1])
             self._clear(fd, path)
         finally:
             os.close(fd)
@@ -446,6 +460,7 @@ class Extractor:
 
     def _empty_lower(self, fd: int, dir_comps: Comps) -> None:
         """Delete what lower layers put under a dir, keeping this layer's entries."""
+        self._touch(fd, dir_comps)
         for name in os.listdir(fd):
             path = (*dir_comps, os.fsencode(name))
             if path not in self.created:
@@ -470,7 +485,8 @@ class Extractor:
 
     def _finish(self) -> None:
         self._drop_cache()
-        for comps, times in self.dir_times.items():
+        restore = {c: t for c, t in self.touched.items() if c not in self.created}
+        for comps, times in [*restore.items(), *self.dir_times.items()]:
             fd = self._walk(comps, create=False) if comps else os.dup(self.root_fd)
             if fd is None:
                 continue  # replaced by a later entry
