@@ -234,9 +234,16 @@ class ImageStore:
             image.created = old["created"] if old else now
             image.updated = now
             c.execute(
-                "INSERT OR REPLACE INTO images (id, manifest_digest, manifest_media_type, layers, "
+                # An upsert, not REPLACE: a REPLACE deletes the row first,
+                # which would cascade to the image's other names.
+                "INSERT INTO images (id, manifest_digest, manifest_media_type, layers, "
                 "chain_id, size, user, labels, platform, created, updated, pinned) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "manifest_digest = excluded.manifest_digest, "
+                "manifest_media_type = excluded.manifest_media_type, layers = excluded.layers, "
+                "chain_id = excluded.chain_id, size = excluded.size, user = excluded.user, "
+                "labels = excluded.labels, platform = excluded.platform, "
+                "updated = excluded.updated",
                 (
                     image.id,
                     image.manifest_digest,
