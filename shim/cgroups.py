@@ -1,0 +1,181 @@
+"""The container's cgroup: resource usage and OOM kills, for cgroup v1 and v2.
+
+Paths come from /proc/<init pid>/cgroup, read once when the container is
+created, so they are right whatever cgroup driver or parent the daemon chose,
+and still usable after the init process is gone (until `runc delete`).
+"""
+
+# ruff: noqa: SIM105  (contextlib.suppress would import contextlib: memory per shim)
+
+from __future__ import annotations
+
+import os
+import time
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+def _int(path: str) -> int | None:
+    text = _read(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _keyed(path: str) -> dict[str, int]:
+    """Parse `key value` lines (memory.stat, memory.events, cpu.stat, oom_control)."""
+    out: dict[str, int] = {}
+    for line in (_read(path) or "").splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            pass
+    return out
+
+
+class Cgroup:
+    """Controller name -> directory of the container's cgroup."""
+
+    def __init__(self, dirs: dict[str, str], unified: str | None) -> None:
+        self.dirs = dirs  # v1 controllers
+        self.unified = unified  # v2 directory when the container lives in cgroup2
+
+    @classmethod
+    def of_pid(cls, pid: int) -> Cgroup:
+        text = _read(f"/proc/{pid}/cgroup") or ""
+        dirs: dict[str, str] = {}
+        unified = None
+        pure_v2 = os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers")
+        for line in text.splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                base = CGROUP_ROOT if pure_v2 else f"{CGROUP_ROOT}/unified"
+                unified = base + path
+                continue
+            # Joint mounts such as "cpu,cpuacct" are mounted under that name.
+            for name in controllers.split(","):
+                name = name.removeprefix("name=")
+                mount = f"{CGROUP_ROOT}/{controllers.removeprefix('name=')}"
+                if not os.path.isdir(mount):
+                    mount = f"{CGROUP_ROOT}/{name}"
+                dirs[name] = mount + path
+        # In hybrid mode processes sit in the v2 root with controllers in v1:
+        # only count v2 when it holds the memory controller.
+        if dirs.get("memory") and not pure_v2:
+            unified = None
+        return cls(dirs, unified)
+
+    # -- OOM ---------------------------------------------------------------
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer took from this cgroup."""
+        if self.unified:
+            return _keyed(f"{self.unified}/memory.events").get("oom_kill", 0)
+        mem = self.dirs.get("memory")
+        if mem:
+            return _keyed(f"{mem}/memory.oom_control").get("oom_kill", 0)
+        return 0
+
+    def oom_eventfd(self) -> int:
+        """An eventfd that becomes readable on OOM (cgroup v1 only), or -1."""
+        mem = self.dirs.get("memory")
+        if self.unified or not mem:
+            return -1
+        try:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError:
+            return -1
+        try:
+            ofd = os.open(f"{mem}/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ctl = os.open(f"{mem}/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(ctl, b"%d %d" % (efd, ofd))
+                finally:
+                    os.close(ctl)
+            finally:
+                # The kernel holds its own reference once registered.
+                os.close(ofd)
+        except OSError:
+            os.close(efd)
+            return -1
+        return efd
+
+    # -- stats and pids ----------------------------------------------------
+
+    def stats(self) -> dict[str, int | None]:
+        now = time.time_ns()
+        if self.unified:
+            return self._stats_v2(self.unified, now)
+        return self._stats_v1(now)
+
+    def _stats_v1(self, now: int) -> dict[str, int | None]:
+        cpu = self.dirs.get("cpuacct")
+        mem = self.dirs.get("memory")
+        pids = self.dirs.get("pids")
+        stat = _keyed(f"{mem}/memory.stat") if mem else {}
+        usage = _int(f"{mem}/memory.usage_in_bytes") if mem else None
+        limit = _int(f"{mem}/memory.limit_in_bytes") if mem else None
+        if limit is not None and limit >= 1 << 62:  # v1 spells "no limit" as a huge number
+            limit = None
+        return {
+            "timestamp": now,
+            "cpu_usage_ns": _int(f"{cpu}/cpuacct.usage") if cpu else None,
+            "memory_usage": usage,
+            "memory_working_set": _working_set(usage, stat.get("total_inactive_file")),
+            "memory_rss": stat.get("total_rss"),
+            "memory_limit": limit,
+            "page_faults": stat.get("total_pgfault"),
+            "major_page_faults": stat.get("total_pgmajfault"),
+            "pids_current": _int(f"{pids}/pids.current") if pids else None,
+            "pids_limit": _int(f"{pids}/pids.max") if pids else None,
+        }
+
+    @staticmethod
+    def _stats_v2(d: str, now: int) -> dict[str, int | None]:
+        stat = _keyed(f"{d}/memory.stat")
+        usage = _int(f"{d}/memory.current")
+        cpu = _keyed(f"{d}/cpu.stat").get("usage_usec")
+        return {
+            "timestamp": now,
+            "cpu_usage_ns": cpu * 1000 if cpu is not None else None,
+            "memory_usage": usage,
+            "memory_working_set": _working_set(usage, stat.get("inactive_file")),
+            "memory_rss": stat.get("anon"),
+            "memory_limit": _int(f"{d}/memory.max"),
+            "page_faults": stat.get("pgfault"),
+            "major_page_faults": stat.get("pgmajfault"),
+            "pids_current": _int(f"{d}/pids.current"),
+            "pids_limit": _int(f"{d}/pids.max"),
+        }
+
+    def procs(self) -> list[int] | None:
+        """PIDs in the container's cgroup, or None when it cannot be read."""
+        for d in (self.unified, self.dirs.get("pids"), self.dirs.get("memory")):
+            if d:
+                text = _read(f"{d}/cgroup.procs")
+                if text is not None:
+                    return sorted(int(p) for p in text.split())
+        return None
+
+
+def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
+    # The kubelet's definition: usage minus the page cache it could drop.
+    if usage is None:
+        return None
+    return max(0, usage - (inactive_file or 0))

@@ -1,0 +1,702 @@
+"""The shim's one container: create, the ops of the socket API, exits.
+
+Each op is a method `op_<name>(conn, request)` returning the reply's result,
+or None when it replies later itself. State moves
+created -> running <-> paused -> stopped -> deleted; an op that does not fit
+the state gets a failed_precondition error instead of a runc error.
+"""
+
+# ruff: noqa: SIM105  (contextlib.suppress would import contextlib: memory per shim)
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from pyctr.shim import jsonlite
+from pyctr.shim.cgroups import Cgroup
+from pyctr.shim.crilog import CriLogWriter
+from pyctr.shim.loop import Loop
+from pyctr.shim.process import ATTACH_DROP, DEFAULT_MAX_OUTPUT, ExecProc, Proc
+from pyctr.shim.runc import ConsoleSocket, Runc, RuncError
+from pyctr.shim.server import (
+    ATTACH,
+    EVENTS,
+    FRAME_CLOSE_STDIN,
+    FRAME_EXIT,
+    FRAME_RESIZE,
+    FRAME_STDERR,
+    FRAME_STDIN,
+    FRAME_STDOUT,
+    PROTOCOL_VERSION,
+    Connection,
+    Server,
+    ShimError,
+)
+from pyctr.shim.stdio import Stdio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs memory at run time
+    from collections.abc import Callable
+    from typing import Any, TypeGuard
+
+    from pyctr.shim.options import Options
+    from pyctr.shim.process import ExitInfo
+
+    Request = dict[str, Any]
+    Result = dict[str, Any] | None
+
+CREATED, RUNNING, PAUSED, STOPPED, DELETED = "created", "running", "paused", "stopped", "deleted"
+MAX_EXITED_EXECS = 64  # finished execs kept for `wait` and `state`
+MAX_OUTPUT_LIMIT = 64 << 20
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+")
+
+
+def valid_id(value: object, max_len: int = 128) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= max_len and set(value) <= _ID_CHARS
+
+
+def _arg(req: Request, key: str, kind: type, default: Any = None) -> Any:
+    value = req.get(key, default)
+    if value is default:
+        return value
+    # bool is an int in Python; keep them apart so `"signal": true` is refused.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ShimError("invalid_argument", f"{key!r} must be {kind.__name__}")
+    return value
+
+
+class Shim:
+    OPS = frozenset(
+        [
+            "hello",
+            "state",
+            "start",
+            "kill",
+            "exec",
+            "wait",
+            "attach",
+            "resize",
+            "close_stdin",
+            "pids",
+            "stats",
+            "pause",
+            "resume",
+            "update",
+            "reopen_log",
+            "subscribe",
+            "delete",
+            "shutdown",
+        ]
+    )
+
+    def __init__(self, opts: Options, loop: Loop) -> None:
+        self.opts = opts
+        self.loop = loop
+        self.state_dir = opts.state
+        self.runc = Runc(opts.runc, opts.runc_root, self._path("runc.log"))
+        self.log = CriLogWriter(opts.log_path)
+        self.status = CREATED
+        self.init: Proc | None = None
+        self.execs: dict[str, ExecProc] = {}
+        self.procs: dict[int, Proc] = {}  # live processes by pid, for the reaper
+        self.attachers: set[Connection] = set()
+        self.subscribers: set[Connection] = set()
+        self.cgroup: Cgroup | None = None
+        self.server: Server | None = None
+        self._exec_seq = 0
+        self._oom_base = 0
+        self._oom_seen = 0
+        self._oom_fd = -1
+        self._exiting = False
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.state_dir, name)
+
+    # -- startup -----------------------------------------------------------
+
+    def create(self) -> int:
+        """`runc create` with the shim holding the stdio; returns the init pid."""
+        opts = self.opts
+        pid_file = self._path("init.pid")
+        args = ["create", "--bundle", opts.bundle, "--pid-file", pid_file]
+        if opts.tty:
+            console = ConsoleSocket(self._path("console.sock"))
+            try:
+                self.runc.run(*args, "--console-socket", console.path, opts.id)
+                master = console.receive_master()
+            finally:
+                console.close()
+            stdio = Stdio(self.loop, [(b"stdout", master)], master if opts.stdin else -1, master)
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            in_r, in_w = os.pipe2(os.O_CLOEXEC) if opts.stdin else (-1, -1)
+            try:
+                self.runc.run(
+                    *args,
+                    opts.id,
+                    stdin=in_r if in_r >= 0 else None,
+                    stdout=out_w,
+                    stderr=err_w,
+                )
+            except BaseException:
+                for fd in (out_r, err_r, in_w):
+                    if fd >= 0:
+                        os.close(fd)
+                raise
+            finally:
+                # Only the container may hold these ends, or EOF never comes.
+                for fd in (out_w, err_w, in_r):
+                    if fd >= 0:
+                        os.close(fd)
+            stdio = Stdio(self.loop, [(b"stdout", out_r), (b"stderr", err_r)], in_w)
+        pid = _read_pid(pid_file)
+        self.init = Proc(self.loop, pid, stdio)
+        self.init.on_final = self._container_exited
+        self.procs[pid] = self.init
+        stdio.sinks.append(self._container_output)
+        self.cgroup = Cgroup.of_pid(pid)
+        self._oom_base = self._oom_seen = self.cgroup.oom_kills()
+        self._oom_fd = self.cgroup.oom_eventfd()
+        if self._oom_fd >= 0:
+            self.loop.add_reader(self._oom_fd, self._oom_event)
+        return pid
+
+    def serve(self) -> None:
+        self.server = Server(self.loop, self._path("shim.sock"), self.handle)
+        self.loop.watch_signals((17,), self.reap)  # SIGCHLD
+        self.reap()  # anything that died before the handler was in place
+
+    # -- requests ----------------------------------------------------------
+
+    def handle(self, conn: Connection, req: Request) -> Result:
+        op = req.get("op")
+        if op not in self.OPS:
+            raise ShimError("unimplemented", f"unknown op {op!r}")
+        if self._exiting and op not in ("hello", "state", "wait"):
+            raise ShimError("unavailable", "shim is shutting down")
+        try:
+            result: Result = getattr(self, "op_" + op)(conn, req)
+            return result
+        except RuncError as exc:
+            raise ShimError(exc.code, str(exc)) from None
+
+    def op_hello(self, conn: Connection, req: Request) -> Result:
+        return {
+            "version": PROTOCOL_VERSION,
+            "id": self.opts.id,
+            "shim_pid": os.getpid(),
+            "ops": sorted(self.OPS),
+        }
+
+    def op_state(self, conn: Connection, req: Request) -> Result:
+        init = self.init
+        assert init is not None
+        execs = [
+            {"exec_id": e.exec_id, "pid": e.pid, "running": e.exit is None, "exit": e.exit}
+            for e in self.execs.values()
+        ]
+        return {
+            "id": self.opts.id,
+            "pid": init.pid,
+            "status": self.status,
+            "exit": init.exit,
+            "bundle": self.opts.bundle,
+            "tty": self.opts.tty,
+            "stdin": self.opts.stdin,
+            "shim_pid": os.getpid(),
+            "log_path": self.opts.log_path,
+            "log_dropped": self.log.dropped,
+            "log_error": self.log.last_error,
+            "execs": execs,
+        }
+
+    def _need(self, *states: str) -> None:
+        if self.status not in states:
+            raise ShimError("failed_precondition", f"container {self.opts.id} is {self.status}")
+
+    def op_start(self, conn: Connection, req: Request) -> Result:
+        self._need(CREATED)
+        self.runc.run("start", self.opts.id)
+        if self.status == CREATED:  # its exit may have been seen meanwhile
+            self.status = RUNNING
+        assert self.init is not None
+        return {"pid": self.init.pid}
+
+    def op_kill(self, conn: Connection, req: Request) -> Result:
+        sig = _arg(req, "signal", int, 15)
+        if not 0 < sig < 65:
+            raise ShimError("invalid_argument", f"bad signal {sig}")
+        exec_id = _arg(req, "exec_id", str)
+        if exec_id is not None:
+            proc = self._exec(exec_id)
+            # Not reaped yet means the pid is still ours: no risk of reuse.
+            if proc.running:
+                os.kill(proc.pid, sig)
+            return {"running": proc.running}
+        if self.status in (STOPPED, DELETED):
+            return {"running": False}
+        args = ["kill", "--all"] if _arg(req, "all", bool, False) else ["kill"]
+        try:
+            self.runc.run(*args, self.opts.id, str(sig))
+        except RuncError as exc:
+            # The container ended between our check and runc's: the goal is met.
+            if "not running" not in str(exc) and "does not exist" not in str(exc):
+                raise
+        return {"running": self.status not in (STOPPED, DELETED)}
+
+    def op_pause(self, conn: Connection, req: Request) -> Result:
+        self._need(RUNNING)
+        self.runc.run("pause", self.opts.id)
+        self.status = PAUSED
+        return {}
+
+    def op_resume(self, conn: Connection, req: Request) -> Result:
+        self._need(PAUSED)
+        self.runc.run("resume", self.opts.id)
+        if self.status == PAUSED:
+            self.status = RUNNING
+        return {}
+
+    def op_update(self, conn: Connection, req: Request) -> Result:
+        self._need(CREATED, RUNNING, PAUSED)
+        resources = _arg(req, "resources", dict)
+        if resources is None:
+            raise ShimError("invalid_argument", "'resources' is required")
+        data = jsonlite.dumps(resources).encode()
+        self.runc.run("update", "--resources", "-", self.opts.id, input=data)
+        return {}
+
+    def op_pids(self, conn: Connection, req: Request) -> Result:
+        self._need(CREATED, RUNNING, PAUSED)
+        pids = self.cgroup.procs() if self.cgroup else None
+        if pids is None:
+            out = self.runc.run("ps", "--format", "json", self.opts.id).stdout
+            pids = jsonlite.loads(out.decode() or "[]") or []
+        owners = {p.pid: p.exec_id for p in self.procs.values()}
+        return {"pids": [{"pid": p, "exec_id": owners.get(p)} for p in pids]}
+
+    def op_stats(self, conn: Connection, req: Request) -> Result:
+        self._need(CREATED, RUNNING, PAUSED, STOPPED)
+        assert self.cgroup is not None
+        return self.cgroup.stats()
+
+    def op_reopen_log(self, conn: Connection, req: Request) -> Result:
+        if not self.log.reopen():
+            raise ShimError("internal", self.log.last_error)
+        return {}
+
+    def op_wait(self, conn: Connection, req: Request) -> Result:
+        exec_id = _arg(req, "exec_id", str)
+        proc = self._exec(exec_id) if exec_id is not None else self.init
+        assert proc is not None
+        req_id = req.get("id")
+
+        def done(exit: ExitInfo) -> None:
+            conn.reply(req_id, exit)
+
+        proc.when_final(done)
+        return None
+
+    def op_subscribe(self, conn: Connection, req: Request) -> Result:
+        conn.reply(req.get("id"), self.op_state(conn, req))
+        conn.mode = EVENTS
+        self.subscribers.add(conn)
+        conn.on_close.append(lambda: self.subscribers.discard(conn))
+        return None
+
+    def _event(self, event: dict[str, Any]) -> None:
+        event["id"] = self.opts.id
+        event["timestamp"] = time.time_ns()
+        for conn in list(self.subscribers):
+            conn.send_json(event)
+            if conn.backlog > ATTACH_DROP:
+                conn.close()
+
+    # -- stdio: attach, resize, close_stdin --------------------------------
+
+    def _container_output(self, stream: bytes, data: bytes) -> None:
+        self.log.write(stream, data)
+        kind = FRAME_STDOUT if stream == b"stdout" else FRAME_STDERR
+        for conn in list(self.attachers):
+            conn.send_frame(kind, data)
+            if conn.backlog > ATTACH_DROP:  # never let one slow client hold the container
+                conn.close()
+
+    def op_attach(self, conn: Connection, req: Request) -> Result:
+        self._need(CREATED, RUNNING, PAUSED)
+        assert self.init is not None
+        stdio = self.init.stdio
+        conn.reply(req.get("id"), {"pid": self.init.pid, "tty": self.opts.tty})
+        conn.mode = ATTACH
+        conn.on_frame = lambda kind, data: self._frame(conn, stdio, kind, data)
+        self.attachers.add(conn)
+        conn.on_close.append(lambda: self.attachers.discard(conn))
+        return None
+
+    def _frame(self, conn: Connection, stdio: Stdio, kind: int, data: bytes) -> None:
+        if kind == FRAME_STDIN:
+            stdio.write_stdin(data)
+            if stdio.stdin_backlog > (1 << 20):
+                # Let the client wait instead of buffering without bound.
+                conn.pause_reading()
+                stdio.on_stdin_drained = self._resume_readers
+        elif kind == FRAME_CLOSE_STDIN:
+            stdio.close_stdin()
+        elif kind == FRAME_RESIZE:
+            try:
+                size = jsonlite.loads(data.decode())
+                _resize(stdio, int(size["width"]), int(size["height"]))
+            except (ValueError, KeyError, TypeError, ShimError):
+                pass
+
+    def _resume_readers(self) -> None:
+        for conn in list(self.attachers) + [e.conn for e in self.execs.values() if e.conn]:
+            conn.resume_reading()
+
+    def op_resize(self, conn: Connection, req: Request) -> Result:
+        width, height = _arg(req, "width", int, 0), _arg(req, "height", int, 0)
+        proc = self._proc(req)
+        if proc.exit is not None:
+            raise ShimError("failed_precondition", "process has exited")
+        _resize(proc.stdio, width, height)
+        return {}
+
+    def op_close_stdin(self, conn: Connection, req: Request) -> Result:
+        self._proc(req).stdio.close_stdin()
+        return {}
+
+    def _proc(self, req: Request) -> Proc:
+        exec_id = _arg(req, "exec_id", str)
+        if exec_id is not None:
+            return self._exec(exec_id)
+        assert self.init is not None
+        return self.init
+
+    def _exec(self, exec_id: str) -> ExecProc:
+        proc = self.execs.get(exec_id)
+        if proc is None:
+            raise ShimError("not_found", f"exec {exec_id!r} not found")
+        return proc
+
+    # -- exec --------------------------------------------------------------
+
+    def op_exec(self, conn: Connection, req: Request) -> Result:
+        exec_id = req.get("exec_id")
+        if not valid_id(exec_id):
+            raise ShimError("invalid_argument", "exec_id must be 1-128 of [A-Za-z0-9_.+-]")
+        old = self.execs.get(exec_id)
+        if old is not None and old.exit is None:
+            raise ShimError("already_exists", f"exec {exec_id!r} is running")
+        process = _arg(req, "process", dict)
+        args = process.get("args") if process else None
+        if not args or not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ShimError("invalid_argument", "process.args must be a non-empty string list")
+        mode = _arg(req, "stdio", str, "attach")
+        if mode not in ("attach", "capture", "null"):
+            raise ShimError("invalid_argument", "stdio must be attach, capture or null")
+        tty = _arg(req, "tty", bool, False)
+        want_stdin = _arg(req, "stdin", bool, False) and mode == "attach"
+        timeout = req.get("timeout")
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+        ):
+            raise ShimError("invalid_argument", "timeout must be a positive number of seconds")
+        max_output = _arg(req, "max_output", int, DEFAULT_MAX_OUTPUT)
+        if not 0 <= max_output <= MAX_OUTPUT_LIMIT:
+            raise ShimError("invalid_argument", f"max_output must be <= {MAX_OUTPUT_LIMIT}")
+        self._need(RUNNING)
+
+        process = dict(process, terminal=tty)
+        self._exec_seq += 1
+        proc = self._spawn_exec(exec_id, process, tty, want_stdin, mode, max_output)
+        if old is not None:
+            del self.execs[exec_id]
+        self.execs[exec_id] = proc
+        self.procs[proc.pid] = proc
+        proc.on_final = self._exec_exited
+        self._forget_old_execs()
+        if timeout is not None:
+            proc.timeout = self.loop.call_later(float(timeout), lambda: self._exec_timeout(proc))
+        req_id = req.get("id")
+        if mode == "capture":
+            proc.when_final(lambda _exit: conn.reply(req_id, proc.capture_result()))
+            return None
+        result = {"exec_id": exec_id, "pid": proc.pid}
+        if mode == "attach":
+            conn.reply(req_id, result)
+            conn.mode = ATTACH
+            conn.on_frame = lambda kind, data: self._frame(conn, proc.stdio, kind, data)
+            # The client went away: its process sees EOF on stdin, as with a closed terminal.
+            conn.on_close.append(proc.stdio.close_stdin)
+            proc.attach(conn)
+            return None
+        return result
+
+    def _spawn_exec(
+        self, exec_id: str, process: dict[str, Any], tty: bool, stdin: bool, mode: str, cap: int
+    ) -> ExecProc:
+        n = self._exec_seq
+        spec_file, pid_file = self._path(f"exec-{n}.json"), self._path(f"exec-{n}.pid")
+        fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
+            f.write(jsonlite.dumps(process))
+        args = ["exec", "--detach", "--process", spec_file, "--pid-file", pid_file]
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            if tty:
+                console = ConsoleSocket(self._path(f"exec-{n}.sock"))
+                try:
+                    self.runc.run(*args, "--console-socket", console.path, self.opts.id)
+                    master = console.receive_master()
+                finally:
+                    console.close()
+                stdio = Stdio(self.loop, [(b"stdout", master)], master if stdin else -1, master)
+            elif mode == "null":
+                self.runc.run(*args, self.opts.id, stdin=null, stdout=null, stderr=null)
+                stdio = Stdio(self.loop, [])
+            else:
+                stdio = self._exec_pipes(args, stdin, null)
+            pid = _read_pid(pid_file)
+        finally:
+            os.close(null)
+            for path in (spec_file, pid_file):
+                _unlink(path)
+        return ExecProc(self.loop, pid, stdio, exec_id, mode, cap)
+
+    def _exec_pipes(self, args: list[str], stdin: bool, null: int) -> Stdio:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin else (null, -1)
+        try:
+            self.runc.run(*args, self.opts.id, stdin=in_r, stdout=out_w, stderr=err_w)
+        except BaseException:
+            for fd in (out_r, err_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, in_r if stdin else -1):
+                if fd >= 0:
+                    os.close(fd)
+        return Stdio(self.loop, [(b"stdout", out_r), (b"stderr", err_r)], in_w)
+
+    def _exec_timeout(self, proc: ExecProc) -> None:
+        if proc.running:
+            proc.timed_out = True
+            os.kill(proc.pid, 9)
+
+    def _forget_old_execs(self) -> None:
+        done = [k for k, e in self.execs.items() if e.exit is not None]
+        for exec_id in done[: max(0, len(done) - MAX_EXITED_EXECS)]:
+            del self.execs[exec_id]
+
+    # -- exits -------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Collect every child that ended: ours, or orphans we adopted as subreaper."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.procs.pop(pid, None)
+            if proc is not None:
+                proc.reap(status, time.time_ns())
+
+    def _exec_exited(self, proc: Proc) -> None:
+        assert isinstance(proc, ExecProc) and proc.exit is not None
+        if proc.conn is not None and not proc.conn.closed:
+            proc.conn.send_frame(FRAME_EXIT, jsonlite.dumps(proc.exit).encode())
+            proc.conn.close_after_flush()
+        self._event({"event": "exec_exit", "exec_id": proc.exec_id, **proc.exit})
+
+    def _container_exited(self, proc: Proc) -> None:
+        assert proc.exit is not None
+        self.log.flush(b"stdout")
+        self.log.flush(b"stderr")
+        if self.cgroup is not None and self.cgroup.oom_kills() > self._oom_base:
+            proc.exit["oom_killed"] = True
+        self._close_oom_fd()
+        write_exit_record(self._path("exit.json"), {"id": self.opts.id, **proc.exit})
+        if self.status != DELETED:
+            self.status = STOPPED
+        payload = jsonlite.dumps(proc.exit).encode()
+        for conn in list(self.attachers):
+            conn.send_frame(FRAME_EXIT, payload)
+            conn.close_after_flush()
+        self._event({"event": "exit", **proc.exit})
+
+    def _oom_event(self) -> None:
+        try:
+            os.read(self._oom_fd, 8)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close_oom_fd()
+            return
+        count = self.cgroup.oom_kills() if self.cgroup else 0
+        if count > self._oom_seen:
+            self._oom_seen = count
+            self._event({"event": "oom", "oom_kills": count - self._oom_base})
+
+    def _close_oom_fd(self) -> None:
+        if self._oom_fd >= 0:
+            self.loop.forget(self._oom_fd)
+            os.close(self._oom_fd)
+            self._oom_fd = -1
+
+    # -- delete and shutdown -----------------------------------------------
+
+    def op_delete(self, conn: Connection, req: Request) -> Result:
+        force = _arg(req, "force", bool, False)
+        if self.status == DELETED:
+            return self._deleted_result()
+        if not force:
+            self._need(CREATED, STOPPED)
+        self._runc_delete(force or self.status == CREATED)
+        req_id = req.get("id")
+        self._after_init_exit(lambda: self._finish_delete(conn, req_id))
+        return None
+
+    def _runc_delete(self, force: bool) -> None:
+        try:
+            self.runc.run("delete", *(["--force"] if force else []), self.opts.id)
+        except RuncError as exc:
+            if "does not exist" not in str(exc):
+                raise
+
+    def _after_init_exit(self, callback: Callable[[], None]) -> None:
+        """Run callback once the init's exit is final (runc delete just killed it)."""
+        init = self.init
+        assert init is not None
+        if init.reaped is not None:
+            init.finish()  # no more output is coming: the container is gone
+        if init.exit is not None:
+            callback()
+            return
+        timer = self.loop.call_later(5.0, callback)
+
+        def done(_exit: ExitInfo) -> None:
+            if not timer.cancelled:
+                timer.cancel()
+                callback()
+
+        init.when_final(done)
+
+    def _finish_delete(self, conn: Connection, req_id: Any) -> None:
+        if self.status == DELETED:
+            conn.reply(req_id, self._deleted_result())
+            return
+        self.status = DELETED
+        self._close_oom_fd()
+        for name in ("init.pid", "console.sock"):
+            _unlink(self._path(name))
+        conn.reply(req_id, self._deleted_result())
+        self._event({"event": "delete"})
+        self.exit_soon()
+
+    def _deleted_result(self) -> dict[str, Any]:
+        assert self.init is not None
+        return {
+            "exit": self.init.exit,
+            # The shim never touches mounts: the daemon unmounts the rootfs.
+            "rootfs": os.path.join(self.opts.bundle, "rootfs"),
+            "rootfs_unmounted": False,
+        }
+
+    def op_shutdown(self, conn: Connection, req: Request) -> Result:
+        if self.status != DELETED:
+            if not _arg(req, "force", bool, False):
+                raise ShimError(
+                    "failed_precondition",
+                    f"container {self.opts.id} is {self.status}: delete it first or force",
+                )
+            self._runc_delete(True)
+            req_id = req.get("id")
+
+            def finish() -> None:
+                self.status = DELETED
+                conn.reply(req_id, {})
+                self.exit_soon()
+
+            self._after_init_exit(finish)
+            return None
+        self.exit_soon()
+        return {}
+
+    def exit_soon(self) -> None:
+        """Stop serving; exit once every reply is flushed (or after 2 s)."""
+        if self._exiting:
+            return
+        self._exiting = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.subscribers):
+            conn.close_after_flush()
+        deadline = time.monotonic() + 2.0
+
+        def check() -> None:
+            conns = self.server.connections if self.server else set()
+            if all(c.backlog == 0 for c in conns) or time.monotonic() > deadline:
+                self.loop.stop()
+            else:
+                self.loop.call_later(0.05, check)
+
+        self.loop.call_later(0, check)
+
+    def close(self) -> None:
+        if self.init is not None:
+            self.init.stdio.close()
+        for proc in self.execs.values():
+            proc.stdio.close()
+        self.log.close()
+        self._close_oom_fd()
+
+
+def _resize(stdio: Stdio, width: int, height: int) -> None:
+    if stdio.master < 0:
+        raise ShimError("failed_precondition", "process has no tty")
+    if not (0 < width < 65536 and 0 < height < 65536):
+        raise ShimError("invalid_argument", "width and height must be 1-65535")
+    import fcntl  # only tty containers pay for these two small modules
+    import termios
+
+    winsize = b"".join(v.to_bytes(2, sys.byteorder) for v in (height, width, 0, 0))
+    fcntl.ioctl(stdio.master, termios.TIOCSWINSZ, winsize)
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        raise RuncError(f"runc left no usable pid file {path}: {exc}") from None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_exit_record(path: str, record: dict[str, Any]) -> None:
+    """Atomically replace path: a reader sees the old record or the whole new one."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, jsonlite.dumps(record).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
