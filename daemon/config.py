@@ -57,6 +57,7 @@ class Registry:
 class Snapshotter:
     backend: str = _opt("overlayfs", 'snapshotter: "overlayfs" or "native" (copying)')
     allow_devices: bool = _opt(True, "let image layers create device nodes")
+    max_parallel_unpack: int = _opt(3, "layers of one image extracted at once (overlayfs)")
 
 
 @dataclass

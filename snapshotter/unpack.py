@@ -358,11 +358,11 @@ class Extractor:
             kind = stat.S_IFIFO
             dev = 0
         else:
-            if not self.allow_devices:
-                raise BadEntry("device nodes are not allowed (snapshotter.allow_devices)")
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
             if kind == stat.S_IFCHR and m.devmajor == 0 and m.devminor == 0:
                 raise BadEntry("char device 0/0 is reserved for overlay whiteouts")
+            if not self.allow_devices:
+                raise BadEntry("device nodes are not allowed (snapshotter.allow_devices)")
             dev = os.makedev(m.devmajor, m.devminor)
         fd = self._parent(comps)
         self._clear(fd, comps)
