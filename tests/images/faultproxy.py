@@ -1,9 +1,11 @@
 """An HTTP proxy in front of a test registry that counts requests and injects faults.
 
     with FaultProxy(registry.port) as proxy:
-        proxy.cut_blobs_after = 4096      # blob bodies stop after 4 KiB (connection closed)
-        proxy.cut_times = 1               # ... for the first cut only
-        proxy.flip_blobs = True           # one byte of each blob body flipped
+        proxy.cuts = [100_000]            # the next blob body longer than that is cut there
+        proxy.cut_forever = 0             # then every blob body is cut at byte 0
+        proxy.flip_digest = layer_digest  # that blob's first byte is flipped
+        proxy.grow_digest = layer_digest  # that blob comes with 16 bytes too many
+        proxy.stall_blobs = True          # blob bodies never come
         pull from f"127.0.0.1:{proxy.port}/..."
         proxy.blob_gets(digest)           # GETs seen for that blob
 
@@ -26,9 +28,10 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.requests: Counter[str] = Counter()
         self.ranges: list[str] = []
-        self.cut_blobs_after: int | None = None
-        self.cut_times = 1_000_000
-        self.flip_blobs = False
+        self.cuts: list[int] = []
+        self.cut_forever: int | None = None
+        self.flip_digest = ""
+        self.grow_digest = ""
         self.stall_blobs = False
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -88,32 +91,52 @@ class FaultProxy:
                 and status_line.split(b" ")[1] in (b"200", b"206")
             )
             out_head = re.sub(rb"(?im)^connection:[^\r]*\r\n", b"", resp_head)
-            out_head = out_head[:-2] + b"Connection: close\r\n\r\n"
-            writer.write(out_head)
-            sent = 0
-            cut = None
-            if is_blob and self.cut_blobs_after is not None:
-                with self._lock:
-                    if self.cut_times > 0:
-                        self.cut_times -= 1
-                        cut = self.cut_blobs_after
+            digest = path.rsplit("/", 1)[-1]
+            grow = 16 if is_blob and digest == self.grow_digest else 0
+            if grow:
+                length = int(re.search(rb"(?im)^content-length: *(\d+)", out_head)[1])  # type: ignore[index]
+                out_head = re.sub(
+                    rb"(?im)^content-length: *\d+",
+                    b"Content-Length: %d" % (length + grow),
+                    out_head,
+                )
+            writer.write(out_head[:-2] + b"Connection: close\r\n\r\n")
             if is_blob and self.stall_blobs:
+                await writer.drain()
                 await asyncio.sleep(3600)
-            flipped = False
+            sent = 0
+            flip = is_blob and digest == self.flip_digest
             while chunk := await up_r.read(64 << 10):
-                if cut is not None and sent + len(chunk) >= cut:
-                    writer.write(chunk[: cut - sent])
+                if is_blob and self._cut_now(sent + len(chunk)) is not None:
+                    cut = self._take_cut()
+                    writer.write(chunk[: max(0, cut - sent)])
                     await writer.drain()
-                    writer.transport.abort()
+                    writer.close()  # flushes what was written, then FIN: a short body
                     return
-                if is_blob and self.flip_blobs and not flipped:
+                if flip:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
-                    flipped = True
+                    flip = False
                 writer.write(chunk)
                 await writer.drain()
                 sent += len(chunk)
+            if grow:
+                writer.write(b"\0" * grow)
+                await writer.drain()
         finally:
             up_w.close()
+
+    def _cut_now(self, reached: int) -> int | None:
+        """The cut position if a body that reached `reached` bytes must be cut."""
+        with self._lock:
+            pos = self.cuts[0] if self.cuts else self.cut_forever
+        return pos if pos is not None and reached >= pos else None
+
+    def _take_cut(self) -> int:
+        with self._lock:
+            if self.cuts:
+                return self.cuts.pop(0)
+            assert self.cut_forever is not None
+            return self.cut_forever
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
