@@ -5,7 +5,7 @@
         proxy.cut_forever = 0             # then every blob body is cut at byte 0
         proxy.flip_digest = layer_digest  # that blob's first byte is flipped
         proxy.grow_digest = layer_digest  # that blob comes with 16 bytes too many
-        proxy.stall_blobs = True          # blob bodies never come
+        proxy.stall_digest = "*"          # blob bodies (all, or that digest's) never come
         pull from f"127.0.0.1:{proxy.port}/..."
         proxy.blob_gets(digest)           # GETs seen for that blob
 
@@ -32,7 +32,7 @@ class FaultProxy:
         self.cut_forever: int | None = None
         self.flip_digest = ""
         self.grow_digest = ""
-        self.stall_blobs = False
+        self.stall_digest = ""
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -101,7 +101,7 @@ class FaultProxy:
                     out_head,
                 )
             writer.write(out_head[:-2] + b"Connection: close\r\n\r\n")
-            if is_blob and self.stall_blobs:
+            if is_blob and self.stall_digest in ("*", digest):
                 await writer.drain()
                 await asyncio.sleep(3600)
             sent = 0

@@ -116,7 +116,7 @@ def test_stalled_registry_times_out(
     daemon_factory: Callable[..., PyctrDaemon], proxy: FaultProxy, test_images: ImageSet
 ) -> None:
     d = daemon_factory("[registry]\ntimeout = 0.5\n")
-    proxy.stall_blobs = True
+    proxy.stall_digest = "*"
     err = pull_error(d, f"{proxy.host}/test/small:1")
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
 
