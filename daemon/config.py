@@ -88,6 +88,7 @@ class Cri:
 class Runtime:
     runc: str = _opt("runc", "the OCI runtime binary (name on PATH or absolute path)")
     shim_debug: bool = _opt(False, "shims log at debug level into their state dir")
+    cgroup_parent: str = _opt("/pyctr", "cgroup under which containers run outside of pods")
 
 
 @dataclass

@@ -125,6 +125,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon.events import EventBus
     from pyctr.daemon.image_manager import ImageManager
     from pyctr.daemon.metadata import Metadata
+    from pyctr.daemon.runtime import RuntimeManager
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
     # Everything pyctrd creates is private unless it says otherwise.
@@ -139,6 +140,9 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         ctx = Context(config=cfg, config_file=config_file, db=db, runc_path=runc_path)
         ctx.events = EventBus()
         images = await ImageManager.open(ctx)  # also opens the snapshotter if unset
+        runtime = RuntimeManager(ctx)
+        ctx.runtime = runtime
+        await runtime.recover()
         server = server_mod.build(ctx)
         server.add_insecure_port(f"unix:{address}")
         stop = asyncio.Event()
@@ -171,6 +175,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
             log.info("received %s, shutting down", signal.Signals(received[0]).name)
         finally:
             await server.stop(SHUTDOWN_GRACE)
+            await runtime.close()
             await images.close()
             address.unlink(missing_ok=True)
             db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -20,14 +21,42 @@ BASE = Path(tempfile.gettempdir()) / TOKEN
 _counter = itertools.count()
 
 
+def _cgroup_parents() -> list[Path]:
+    root = Path("/sys/fs/cgroup")
+    dirs = [
+        root / c
+        for c in (
+            "cpu",
+            "cpuacct",
+            "cpuset",
+            "memory",
+            "devices",
+            "freezer",
+            "blkio",
+            "pids",
+            "systemd",
+            "unified",
+        )
+        if (root / c).is_dir()
+    ]
+    return [d / TOKEN for d in dirs]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() == 0:
         become_subreaper()
+        # The daemons' cgroup parent exists for the whole session, so the leak
+        # check sees only the per-container cgroups below it.
+        for d in _cgroup_parents():
+            d.mkdir(exist_ok=True)
     BASE.mkdir(mode=0o711, exist_ok=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(BASE, ignore_errors=True)
+    for d in _cgroup_parents():
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 @pytest.fixture(scope="session")

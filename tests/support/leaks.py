@@ -103,9 +103,8 @@ def cgroups(token: str) -> set[str]:
             continue
         for dirpath, dirnames, _ in os.walk(base):
             depth = dirpath[len(str(base)) :].count("/")
-            if token in os.path.basename(dirpath):
-                out.add(dirpath)
-                dirnames[:] = []
+            if token in dirpath[len(str(base)) :]:
+                out.add(dirpath)  # the token's dir and everything below it
             elif depth >= 3:
                 dirnames[:] = []
     return out
