@@ -124,13 +124,28 @@ class _Guarded(io.RawIOBase):
         return len(data)
 
 
+class _Raw(io.RawIOBase):
+    """Any object with read(n) as a raw stream, so it can be buffered and peeked."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        data = self.inner.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
 def open_uncompressed(raw: BinaryIO, media_type: str, what: str) -> tuple[BinaryIO, _Guarded]:
     """The layer's tar stream, after checking the blob's magic against its media type.
 
     Returns (buffered stream to read, the hashing reader under it).
     """
     kind = compression_of(media_type)
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type,type-var]
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(_Raw(raw))
     head = buffered.peek(4)[:4]  # type: ignore[attr-defined]
     found = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
     if found != kind:

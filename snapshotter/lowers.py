@@ -115,6 +115,7 @@ def settle_implicit_dirs(upper: Path, implicit: list[Comps], lowers: list[Path])
         for path in lowers:
             lower_fds.append(os.open(path, _DIR_FLAGS))
         for comps in sorted(implicit, key=len):
+            lower: int | None
             if not comps:  # the root: the top layer's root is what shows
                 if not lower_fds:
                     continue

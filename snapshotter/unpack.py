@@ -63,6 +63,27 @@ _BAD_INPUT = {
 }
 
 
+MAX_EXTENDED_HEADER = 1 << 20
+_EXTENDED = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a PAX or GNU long-name header whole into memory: cap it."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise InvalidArgument(
+                f"extended tar header of {self.size} bytes (limit {MAX_EXTENDED_HEADER})"
+            )
+        return super()._proc_member(tar)  # type: ignore[misc]
+
+
 class BadEntry(Exception):
     """An entry refused for the reason given; becomes InvalidArgument with context."""
 
@@ -518,9 +539,13 @@ def extract(stream: BinaryIO, root: Path, whiteouts: str, *, allow_devices: bool
     """
     ex = Extractor(root, whiteouts, allow_devices=allow_devices)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tar:
+        with tarfile.open(
+            fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=_BoundedTarInfo
+        ) as tar:
             return ex.run(tar)
     except tarfile.TarError as e:
         raise InvalidArgument(f"corrupt tar archive: {e}") from None
+    except RecursionError:  # tarfile recurses once per chained extended header
+        raise InvalidArgument("too many consecutive extended tar headers") from None
     finally:
         ex.close()

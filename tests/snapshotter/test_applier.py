@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
+import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -317,3 +319,62 @@ def test_native_tree_equals_overlay_tree(tmp_path: Path, mnt: Path) -> None:
         finally:
             db.close()
     assert diff_trees(trees[0], trees[1]) == []
+
+
+def test_repeated_layers(sn: Snapshotter, mnt: Path) -> None:
+    """Images often repeat one empty layer: same diff ID, different chain IDs."""
+    empty = LayerBlob(build_tar([]))
+    data = LayerBlob(build_tar([reg("f", b"1")]))
+    blobs = [empty, data, empty, empty]
+    top = unpack(sn, blobs)
+    assert len(list(sn.walk())) == 4
+    with mounted(sn.view("v", top), mnt):
+        assert os.listdir(mnt) == ["f"]
+
+
+def test_gnu_long_names_and_links(sn: Snapshotter, mnt: Path) -> None:
+    long_dir = "d" * 150
+    long_name = f"{long_dir}/{'f' * 200}"
+    entries = [
+        dir_(long_dir),
+        reg(long_name, b"deep"),
+        hard(f"{long_dir}/{'h' * 180}", long_name),
+        sym("s", "t" * 300),
+    ]
+    raw_gnu = io.BytesIO()
+    with tarfile.open(fileobj=raw_gnu, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for ti, data in entries:
+            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
+    top = unpack(sn, [LayerBlob(raw_gnu.getvalue())])
+    with mounted(sn.view("v", top), mnt):
+        assert (mnt / long_name).read_bytes() == b"deep"
+        assert (mnt / long_dir / ("h" * 180)).stat().st_nlink == 2
+        assert os.readlink(mnt / "s") == "t" * 300
+
+
+def test_huge_extended_header_refused(sn: Snapshotter) -> None:
+    ti, data = reg("f", b"x")
+    ti.pax_headers["comment"] = "x" * (2 << 20)
+    with pytest.raises(InvalidArgument, match="extended tar header"):
+        unpack(sn, [LayerBlob(build_tar([(ti, data)]))])
+    assert list(sn.walk()) == []
+
+
+def test_blob_without_peek(sn: Snapshotter) -> None:
+    blob = LayerBlob(L1)
+
+    class Plain:  # read() only, like a socket-backed stream
+        def __init__(self) -> None:
+            self.data = io.BytesIO(blob.blob)
+
+        def read(self, n: int = -1) -> bytes:
+            return self.data.read(min(n, 1000) if n > 0 else n)
+
+        def __enter__(self) -> Plain:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    top = Unpacker(sn).unpack([Layer(blob.diff_id, blob.media_type, Plain)])  # type: ignore[arg-type]
+    assert top == blob.diff_id
