@@ -1,0 +1,94 @@
+"""Container start latency through pyctr, against bare runc on the same busybox.
+
+CRI, per phase as the kubelet calls them: RunPodSandbox, CreateContainer,
+StartContainer (image pulled beforehand; teardown not timed). The target is
+pod+container start median at most 2x `runc run -d` (`vs_runc_ratio`).
+
+`pyctr run --rm IMAGE true` is the person-at-a-terminal path; it includes the
+Python client's start-up, so `pyctr version` is timed alongside.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from benchmarks.core import Metrics, NotAvailable, metric, percentile, ratio, summary_ms
+from benchmarks.core import measurement as measure
+from benchmarks.env import BenchEnv
+
+START_TARGET_RATIO = 2.0
+
+
+def _phases_ms(samples: dict[str, list[float]]) -> Metrics:
+    out: Metrics = {}
+    for name, values in samples.items():
+        out[f"{name}_median_ms"] = statistics.median(values) * 1000
+        out[f"{name}_p90_ms"] = percentile(values, 90) * 1000
+    return out
+
+
+@measure("start", "cri_pod_container")
+def cri_pod_container(env: BenchEnv) -> Metrics:
+    """RunPodSandbox + CreateContainer + StartContainer, per phase."""
+    client = env.cri()
+    ref, _ = env.image("small")
+    env.image("pause")
+    client.pull(ref)
+    samples: dict[str, list[float]] = {"pod": [], "create": [], "start": [], "total": []}
+    for i in range(env.options.runs + 1):
+        pod = client.pod_config(f"start{i}")
+        t0 = time.perf_counter()
+        pod_id = client.run_pod(pod)
+        t1 = time.perf_counter()
+        try:
+            cid = client.create_container(pod_id, pod, "app", ref)
+            t2 = time.perf_counter()
+            client.start_container(cid)
+            t3 = time.perf_counter()
+        finally:
+            client.remove_pod_fully(pod_id)
+        if i:  # the first run warms caches (and pulls the pause image)
+            for name, value in (("pod", t1 - t0), ("create", t2 - t1), ("start", t3 - t2),
+                                ("total", t3 - t0)):  # fmt: skip
+                samples[name].append(value)
+    out = _phases_ms(samples)
+    runc_ms = metric(env, "runc.run_detached", "start_median_ms")
+    out["runc_start_median_ms"] = runc_ms
+    out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
+    out["target_ratio"] = START_TARGET_RATIO
+    return out
+
+
+@measure("start", "pyctr_run")
+def pyctr_run(env: BenchEnv) -> Metrics:
+    """`pyctr run --rm IMAGE true` (CLI, client start-up included)."""
+    daemon = env.daemon()
+    probe = daemon.ctl("run", "--help")
+    if probe.returncode != 0:
+        raise NotAvailable("the pyctr client has no `run` command")
+    ref, _ = env.image("small")
+    if daemon.ctl("images", "pull", ref).returncode != 0:
+        env.cri().pull(ref)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        res = daemon.ctl("run", "--rm", ref, "true")
+        took = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise NotAvailable(f"pyctr run failed ({res.returncode}): {res.stderr.strip()[-300:]}")
+        return took
+
+    def version() -> float:
+        t0 = time.perf_counter()
+        daemon.ctl("version", check=True)
+        return time.perf_counter() - t0
+
+    run()
+    runs = [run() for _ in range(env.options.runs)]
+    versions = [version() for _ in range(env.options.runs)]
+    out = {**summary_ms(runs, "run", tail=90), **summary_ms(versions, "client_version", tail=90)}
+    runc_ms = metric(env, "runc.run_true", "median_ms")
+    out["runc_run_median_ms"] = runc_ms
+    out["vs_runc_ratio"] = ratio(out["run_median_ms"], runc_ms)
+    return out
