@@ -10,37 +10,65 @@ Measurements whose feature has not landed report "not available yet: why".
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
 from pathlib import Path
 
-# Importing the modules registers their measurements, in run order.
-from benchmarks import api, memory, runc_bare, start  # noqa: F401
-from benchmarks import containerd, lifecycle, populated, pull  # noqa: F401
 from benchmarks import report
 from benchmarks.core import GROUPS, REGISTRY, Measurement, run_one
 from benchmarks.env import BenchEnv, Options
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Importing a module registers its measurements: this order is the run order
+# (cheap baselines first; "with N containers" after the empty-daemon figures).
+MODULES = ("api", "memory", "runc_bare", "start", "pull", "populated", "lifecycle", "containerd")
+for _name in MODULES:
+    importlib.import_module(f"benchmarks.{_name}")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--quick", action="store_true",
-                   help="few iterations, small images only (the smoke test's mode)")  # fmt: skip
-    p.add_argument("--only", metavar="NAME[,NAME]",
-                   help=f"groups or group.name to run; groups: {', '.join(GROUPS)}")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="few iterations, small images only (the smoke test's mode)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        help=f"groups or group.name to run; groups: {', '.join(GROUPS)}",
+    )
     p.add_argument("--runs", type=int, metavar="N", help="iterations per start/stop figure")
-    p.add_argument("--containers", type=int, metavar="N",
-                   help="N in the 'with N containers' figures (default 50, quick 5)")  # fmt: skip
-    p.add_argument("--output", type=Path, metavar="FILE",
-                   help="results JSON (default benchmarks/results/<timestamp>.json)")  # fmt: skip
-    p.add_argument("--compare", type=Path, metavar="FILE",
-                   help="previous results JSON: print now/prev for each figure")  # fmt: skip
-    p.add_argument("--plot", type=Path, metavar="FILE.png",
-                   help="bar chart of the ratios (needs the 'bench' extra: matplotlib)")  # fmt: skip
+    p.add_argument(
+        "--containers",
+        type=int,
+        metavar="N",
+        help="N in the 'with N containers' figures (default 50, quick 5)",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="results JSON (default benchmarks/results/<timestamp>.json)",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="FILE",
+        help="previous results JSON: print now/prev for each figure",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="bar chart of the ratios (needs the 'bench' extra: matplotlib)",
+    )
     p.add_argument("--list", action="store_true", help="list the measurements and exit")
     return p
 

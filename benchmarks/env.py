@@ -113,7 +113,11 @@ class BenchEnv:
 
     def _config_toml(self) -> str:
         # The pod infra image comes from our registry (there is no internet).
-        return f'[cri]\nsandbox_image = "{self.registry().host}/bench/pause:1"\n'
+        try:
+            host = self.registry().host
+        except NotAvailable:
+            return ""
+        return f'[cri]\nsandbox_image = "{host}/bench/pause:1"\n'
 
     def new_daemon(self) -> PyctrDaemon:
         from tests.support.daemon import PyctrDaemon

@@ -34,10 +34,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _git() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                              capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty.strip() else "")
@@ -133,12 +143,18 @@ def plot(path: Path, results: list[Result]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from None
-    bars = [(f"{r.key}\n{n}", v) for r in results for n, v in r.metrics.items()
-            if n.endswith("ratio") and math.isfinite(v)]  # fmt: skip
+    bars = [
+        (f"{r.key}\n{n}", v)
+        for r in results
+        for n, v in r.metrics.items()
+        if n.endswith("ratio") and math.isfinite(v)
+    ]
     fig, ax = plt.subplots(figsize=(9, 1 + 0.55 * max(len(bars), 1)))
     if bars:
         labels, values = zip(*bars, strict=True)
-        ax.barh(range(len(bars)), values, color=["tab:red" if v > 2 else "tab:blue" for v in values])
+        ax.barh(
+            range(len(bars)), values, color=["tab:red" if v > 2 else "tab:blue" for v in values]
+        )
         ax.set_yticks(range(len(bars)), labels, fontsize=8)
         ax.invert_yaxis()
         for i, v in enumerate(values):

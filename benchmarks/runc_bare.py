@@ -20,9 +20,21 @@ from benchmarks.env import BenchEnv
 
 BUSYBOX = Path("/bin/busybox")
 TOOLS = ("sh", "true", "sleep", "ls", "cat", "echo", "wc")
-CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-        "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
-        "CAP_MKNOD", "CAP_NET_RAW"]  # fmt: skip
+CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+]
 
 
 def busybox_rootfs(path: Path) -> Path:
@@ -110,8 +122,12 @@ class Runc:
     def delete_all(self) -> None:
         if self.root.is_dir():
             for cid in os.listdir(self.root):
-                subprocess.run(["runc", "--root", str(self.root), "delete", "-f", cid],
-                               capture_output=True, check=False, timeout=30)  # fmt: skip
+                subprocess.run(
+                    ["runc", "--root", str(self.root), "delete", "-f", cid],
+                    capture_output=True,
+                    check=False,
+                    timeout=30,
+                )
 
 
 @measurement("runc", "run_true")

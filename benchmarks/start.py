@@ -49,8 +49,12 @@ def cri_pod_container(env: BenchEnv) -> Metrics:
         finally:
             client.remove_pod_fully(pod_id)
         if i:  # the first run warms caches (and pulls the pause image)
-            for name, value in (("pod", t1 - t0), ("create", t2 - t1), ("start", t3 - t2),
-                                ("total", t3 - t0)):  # fmt: skip
+            for name, value in (
+                ("pod", t1 - t0),
+                ("create", t2 - t1),
+                ("start", t3 - t2),
+                ("total", t3 - t0),
+            ):
                 samples[name].append(value)
     out = _phases_ms(samples)
     runc_ms = metric(env, "runc.run_detached", "start_median_ms")
