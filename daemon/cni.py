@@ -244,6 +244,7 @@ class CniManager:
         self.timeout = timeout
         self._status_key: tuple[Any, ...] | None = None
         self._status: tuple[Network | None, str] = (None, "")
+        self._plugin_types: tuple[str, ...] = ()
 
     # -- config -----------------------------------------------------------
 
@@ -262,9 +263,19 @@ class CniManager:
                     with contextlib.suppress(OSError):
                         st = os.stat(os.path.join(self.conf_dir, name))
                         parts.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
+        # The chosen network's plugin binaries: a chmod or an in-place upgrade
+        # does not change their dir's mtime.
+        for ptype in self._plugin_types:
+            for d in self.bin_dirs:
+                try:
+                    st = os.stat(os.path.join(d, ptype))
+                    parts.append((d, ptype, st.st_mode, st.st_mtime_ns, st.st_ino))
+                except OSError:
+                    parts.append((d, ptype, None))
         return tuple(parts)
 
     def _load(self) -> tuple[Network | None, str]:
+        self._plugin_types = ()
         try:
             names = sorted(os.listdir(self.conf_dir))
         except OSError as e:
@@ -279,6 +290,9 @@ class CniManager:
             except (OSError, ValueError) as e:
                 skipped.append(f"{name}: {e}")
                 continue
+            self._plugin_types = tuple(
+                p["type"] for p in net.plugins if isinstance(p.get("type"), str)
+            )
             problem = network_problem(net, self.bin_dirs)
             if problem:
                 return None, problem
@@ -290,6 +304,8 @@ class CniManager:
     def _current(self) -> tuple[Network | None, str]:
         key = self._stat_key()
         if key != self._status_key:
+            # The key was taken before loading, so a change made while loading
+            # is seen next time (and so is a new plugin list: one extra load).
             self._status = self._load()
             self._status_key = key
             if self._status[0] is None:
@@ -443,7 +459,11 @@ class CniManager:
 
     async def check(self, pod_id: str, netns_path: str = "") -> None:
         """CHECK the pod's attachment (0.4.0+, unless disableCheck); raises
-        CniPluginError if a plugin finds it broken, a no-op when not applicable."""
+        CniPluginError if a plugin finds it broken, a no-op when not applicable.
+
+        Not for routine use with Debian's plugins 1.1.1: their portmap fails
+        CHECK for a pod with IPv4-only port mappings (it looks for IPv6 rules).
+        """
         entry = self._read_cache(pod_id)
         if entry is None or not isinstance(entry.get("result"), dict):
             return
