@@ -33,7 +33,14 @@ from typing import BinaryIO
 import zstandard
 from isal import igzip, isal_zlib
 
-from pyctr.daemon.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound, PyctrError
+from pyctr.daemon.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PyctrError,
+)
 from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
 from pyctr.snapshotter.lowers import settle_implicit_dirs
 from pyctr.snapshotter.unpack import Extracted, extract
@@ -170,12 +177,12 @@ class _Flights:
     """Chain IDs being unpacked right now, per snapshotter, across Unpackers."""
 
     _lock = threading.Lock()
-    _by_root: dict[int, dict[str, cf.Future[None]]] = {}
+    _by_root: dict[str, dict[str, cf.Future[None]]] = {}
 
     @classmethod
     def claim(cls, sn: Snapshotter, chain: str) -> tuple[cf.Future[None], bool]:
         with cls._lock:
-            table = cls._by_root.setdefault(id(sn), {})
+            table = cls._by_root.setdefault(cls._where(sn), {})
             fut = table.get(chain)
             if fut is not None:
                 return fut, False
@@ -186,7 +193,13 @@ class _Flights:
     @classmethod
     def release(cls, sn: Snapshotter, chain: str) -> None:
         with cls._lock:
-            cls._by_root.get(id(sn), {}).pop(chain, None)
+            cls._by_root.get(cls._where(sn), {}).pop(chain, None)
+
+    @staticmethod
+    def _where(sn: Snapshotter) -> str:
+        # By directory, so two snapshotter objects over one root still share.
+        root = getattr(sn, "root", None)
+        return str(root) if root is not None else f"id:{id(sn)}"
 
 
 class Unpacker:
@@ -321,6 +334,10 @@ class Unpacker:
             self.sn.commit_layer(chains[i], target.key, parent, {DIFF_ID_LABEL: layer.diff_id})
         except AlreadyExists:
             self._discard(target.key)  # committed by someone else meanwhile: same content
+            if self.sn.stat(chains[i]).kind != Kind.COMMITTED:
+                raise FailedPrecondition(
+                    f"snapshot {chains[i]!r} exists but is not committed; remove it first"
+                ) from None
         except PyctrError as e:
             self._discard(target.key)
             if isinstance(e, InvalidArgument):

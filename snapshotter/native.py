@@ -8,6 +8,7 @@ after another.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class NativeSnapshotter(DirSnapshotter):
 
     def _populate(self, new: Path, kind: Kind, parent: sqlite3.Row | None) -> None:
         if parent is None:
-            (new / "fs").mkdir(mode=0o755)
+            (new / "fs").mkdir()
+            os.chmod(new / "fs", 0o755)  # not left to the daemon's umask
         else:
             copy_tree(self._fs(parent["id"]), new / "fs")
 

@@ -45,7 +45,8 @@ class OverlaySnapshotter(DirSnapshotter):
         super().__init__(db, root)
 
     def _populate(self, new: Path, kind: Kind, parent: sqlite3.Row | None) -> None:
-        (new / "fs").mkdir(mode=0o755)
+        (new / "fs").mkdir()
+        os.chmod(new / "fs", 0o755)  # not left to the daemon's umask
         if kind == Kind.ACTIVE:
             (new / "work").mkdir(mode=0o700)
             if parent is not None:

@@ -243,6 +243,7 @@ class Extractor:
                         return None
                     self._touch(cur, comps[:i])
                     os.mkdir(c, 0o755, dir_fd=cur)
+                    os.chmod(c, 0o755, dir_fd=cur, follow_symlinks=False)  # whatever the umask
                     path = comps[: i + 1]
                     self.created.add(path)
                     if self.overlay and path in self.whited:

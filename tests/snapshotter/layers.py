@@ -52,7 +52,7 @@ def reg(
     ti = _info(name, tarfile.REGTYPE, mode, uid, gid, mtime)
     ti.size = len(data)
     for k, v in (xattrs or {}).items():
-        ti.pax_headers[f"SCHILY.xattr.{k}"] = v.decode("utf-8", "surrogateescape")
+        ti.pax_headers[f"SCHILY.xattr.{k}"] = v.decode("utf-8", "surrogateescape")  # type: ignore[index]
     return ti, data
 
 
@@ -66,7 +66,7 @@ def dir_(
 ) -> Entry:
     ti = _info(name, tarfile.DIRTYPE, mode, uid, gid, mtime)
     for k, v in (xattrs or {}).items():
-        ti.pax_headers[f"SCHILY.xattr.{k}"] = v.decode("utf-8", "surrogateescape")
+        ti.pax_headers[f"SCHILY.xattr.{k}"] = v.decode("utf-8", "surrogateescape")  # type: ignore[index]
     return ti, None
 
 

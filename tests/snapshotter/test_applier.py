@@ -354,7 +354,7 @@ def test_gnu_long_names_and_links(sn: Snapshotter, mnt: Path) -> None:
 
 def test_huge_extended_header_refused(sn: Snapshotter) -> None:
     ti, data = reg("f", b"x")
-    ti.pax_headers["comment"] = "x" * (2 << 20)
+    ti.pax_headers = {"comment": "x" * (2 << 20)}
     with pytest.raises(InvalidArgument, match="extended tar header"):
         unpack(sn, [LayerBlob(build_tar([(ti, data)]))])
     assert list(sn.walk()) == []
@@ -378,3 +378,16 @@ def test_blob_without_peek(sn: Snapshotter) -> None:
 
     top = Unpacker(sn).unpack([Layer(blob.diff_id, blob.media_type, Plain)])  # type: ignore[arg-type]
     assert top == blob.diff_id
+
+
+def test_daemon_umask_does_not_leak_into_trees(sn: Snapshotter, mnt: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        top = unpack(sn, [LayerBlob(build_tar([reg("implicit/dir/f", b"x", 0o644)]))])
+        mounts = sn.prepare("c", top)
+    finally:
+        os.umask(old)
+    with mounted(mounts, mnt):
+        assert os.stat(mnt).st_mode & 0o777 == 0o755
+        assert os.stat(mnt / "implicit/dir").st_mode & 0o777 == 0o755
+        assert os.stat(mnt / "implicit/dir/f").st_mode & 0o777 == 0o644
