@@ -1,8 +1,11 @@
 """CRI `runtime.v1.RuntimeService`: a thin layer over the daemon's managers.
 
-Each handler translates the CRI message to a call on a manager and back; the
-work lives elsewhere. RPCs not yet built fall through to the generated base
-class, which the server's interceptor answers as UNIMPLEMENTED with the name.
+The service is assembled from one mixin per group of calls, each in its own
+module (as CRI-O keeps one file per call): pod sandboxes, containers,
+streaming, and the runtime-wide calls below. Each handler translates the CRI
+message to a call on a manager and back; the work lives elsewhere. RPCs no
+mixin implements fall through to the generated base class, which the
+server's interceptor answers as UNIMPLEMENTED with the method's name.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
 
 
-class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+class RuntimeRpcs:
+    """Version, Status and the other runtime-wide calls."""
+
+    ctx: Context
 
     async def Version(  # noqa: N802 (gRPC method names)
         self, request: cri.VersionRequest, context: grpc.aio.ServicerContext
@@ -67,3 +71,9 @@ class RuntimeService(cri_pb2_grpc.RuntimeServiceServicer):
             reason="NetworkPluginNotReady",
             message="pyctr does not set up pod networking yet",
         )
+
+
+# Mixins, one line each; earlier ones win where names overlap (none should).
+class RuntimeService(RuntimeRpcs, cri_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
