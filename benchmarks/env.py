@@ -222,4 +222,5 @@ class BenchEnv:
         if self._registry is not None:
             self._registry.stop()
         self._sweep(self.base)
+        procinfo.remove_cgroups(self.base.name)
         shutil.rmtree(self.base, ignore_errors=True)

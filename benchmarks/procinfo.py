@@ -72,3 +72,12 @@ def mounts_under(path: Path) -> list[str]:
 def unmount_all(path: Path) -> None:
     for point in mounts_under(path):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def remove_cgroups(name: str) -> None:
+    """rmdir the bench's cgroup parent (and empty children) in every hierarchy."""
+    root = Path("/sys/fs/cgroup")
+    for top in root.glob(f"*/{name}"):
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
