@@ -278,10 +278,11 @@ class Unpacker:
             for target in targets.values():
                 self._discard(target.key)
             for i in mine:
+                # Released before waiters wake, so a retrying waiter can claim it.
+                _Flights.release(self.sn, chains[i])
                 fut = claims[i - start][0]
                 if not fut.done():
                     fut.set_exception(RuntimeError(f"unpack of {chains[i]} failed"))
-                _Flights.release(self.sn, chains[i])
             if not done:
                 log.debug("unpack of %s stopped", chains[-1])
 
@@ -302,6 +303,8 @@ class Unpacker:
                         stream, target.path, target.whiteouts, allow_devices=self.allow_devices
                     )
                 except InvalidArgument as e:
+                    if str(e).startswith(what):
+                        raise
                     raise InvalidArgument(f"{what}: {e}") from None
                 # The diffID covers the whole stream, padding after the tar's end too.
                 while stream.read(1 << 20):
