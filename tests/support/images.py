@@ -311,6 +311,7 @@ def push(
     creds: str = "",
     all_platforms: bool = False,
     docker_format: bool = False,
+    cert_dir: Path | None = None,
 ) -> None:
     """skopeo copy oci:LAYOUT:TAG docker://DEST (plain HTTP, no TLS checks)."""
     cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
@@ -318,6 +319,8 @@ def push(
         cmd += ["--dest-creds", creds]
     if all_platforms:
         cmd += ["--all"]
+    if cert_dir is not None:
+        cmd += ["--dest-cert-dir", str(cert_dir)]  # client.cert / client.key
     if docker_format:
         cmd += ["--format", "v2s2"]
     cmd += [f"oci:{layout}:{tag}", f"docker://{dest}"]

@@ -6,6 +6,8 @@
     Registry(tmp_path, htpasswd={"alice": "pw"})     # Basic auth
     with TokenIssuer(tmp_path, {"alice": "pw"}) as issuer:
         Registry(tmp_path, token=issuer)             # Bearer tokens from `issuer`
+    Registry(tmp_path, tls=True)                     # HTTPS; trust reg.ca_path
+    Registry(tmp_path, tls=True, client_ca=ca.pem)   # ... and require a client cert
 
 Each registry gets a free port and its own storage dir, is started and stopped
 by PID, and is ready (answers /v2/) when the constructor's `start()` returns.
@@ -21,6 +23,7 @@ import datetime
 import http.server
 import json
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -46,21 +49,68 @@ def _bcrypt(password: str) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
 
 
+def make_cert(cert_path: Path, key_path: Path, name: str) -> None:
+    """A self-signed certificate (its own CA) for `name` (an IP or a DNS name)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        alt = x509.DNSName(name)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+
+
 class Registry:
     def __init__(
         self,
         base: Path,
         htpasswd: dict[str, str] | None = None,
         token: TokenIssuer | None = None,
+        tls: bool = False,
+        client_ca: Path | None = None,
         start: bool = True,
     ) -> None:
         self.dir = base / f"registry-{uuid.uuid4().hex[:8]}"
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.host}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.htpasswd = htpasswd
         self.token = token
+        self.tls = tls
+        self.client_ca = client_ca
+        # With tls: the server's self-signed certificate, which is its own CA.
+        self.ca_path = self.dir / "server.pem"
+        if tls:
+            make_cert(self.ca_path, self.dir / "server.key", "127.0.0.1")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "registry.log"
         if start:
@@ -82,6 +132,14 @@ class Registry:
             f"  addr: {self.host}",
             "  secret: pyctr-test-secret",
         ]
+        if self.tls:
+            lines += [
+                "  tls:",
+                f"    certificate: {self.ca_path}",
+                f"    key: {self.dir / 'server.key'}",
+            ]
+            if self.client_ca:
+                lines += ["    clientcas:", f"      - {self.client_ca}"]
         if self.htpasswd:
             path = self.dir / "htpasswd"
             path.write_text("".join(f"{u}:{_bcrypt(p)}\n" for u, p in self.htpasswd.items()))
@@ -113,10 +171,14 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited:\n{self.log()}")
             try:
-                urllib.request.urlopen(f"{self.url}/v2/", timeout=1).close()
+                urllib.request.urlopen(
+                    f"{self.url}/v2/", timeout=1, context=ssl._create_unverified_context()
+                ).close()
                 return self
             except urllib.error.HTTPError:
                 return self  # 401: up, and asking for auth
+            except ssl.SSLError:
+                return self  # up, and asking for a client certificate
             except OSError:
                 time.sleep(0.05)
         self.stop()
