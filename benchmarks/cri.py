@@ -28,11 +28,14 @@ SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 
 
 class Cri:
-    def __init__(self, address: str, log_dir: Path) -> None:
+    def __init__(self, address: str, log_dir: Path, cgroup_root: str) -> None:
         self.channel = grpc.insecure_channel(f"unix:{address}")
         self.runtime = cri_pb2_grpc.RuntimeServiceStub(self.channel)
         self.images = cri_pb2_grpc.ImageServiceStub(self.channel)
         self.log_dir = log_dir
+        # Pod cgroups go under the bench's own parent, as a kubelet puts them
+        # under /kubepods; the bench removes the parent at the end.
+        self.cgroup_root = cgroup_root
 
     def close(self) -> None:
         self.channel.close()
@@ -64,9 +67,10 @@ class Cri:
             hostname=name[:63],
             log_directory=str(log_dir),
             linux=cri.LinuxPodSandboxConfig(
+                cgroup_parent=f"{self.cgroup_root}/pod-{name}",
                 security_context=cri.LinuxSandboxSecurityContext(
                     namespace_options=cri.NamespaceOption(network=cri.NamespaceMode.NODE)
-                )
+                ),
             ),
         )
 

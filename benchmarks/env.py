@@ -73,6 +73,7 @@ class BenchEnv:
         self._cri: Cri | None = None
         self._pool: multiprocessing.pool.Pool | None = None
         self._daemons: list[PyctrDaemon] = []
+        self.cgroup_root = f"/{self.base.name}"  # PyctrDaemon's cgroup parent too
         self.populated: list[tuple[str, str]] = []  # (pod, container) kept across measurements
 
     def path(self, name: str) -> Path:
@@ -137,7 +138,7 @@ class BenchEnv:
         if self._cri is None:
             from benchmarks.cri import Cri
 
-            self._cri = Cri(self.daemon().address, self.path("logs"))
+            self._cri = Cri(self.daemon().address, self.path("logs"), self.cgroup_root)
         return self._cri
 
     @contextlib.contextmanager
@@ -146,7 +147,7 @@ class BenchEnv:
         from benchmarks.cri import Cri
 
         d = self.new_daemon()
-        client = Cri(d.address, d.base / "logs")
+        client = Cri(d.address, d.base / "logs", self.cgroup_root)
         try:
             yield d, client
         finally:
