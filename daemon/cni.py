@@ -35,8 +35,9 @@ import json
 import logging
 import os
 import re
+import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ MAX_CONFIG_BYTES = 1 << 20
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _PLUGIN_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _PROTOCOLS = ("tcp", "udp", "sctp")
+_IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.\-]{1,15}$")
 
 
 class NetworkNotReady(FailedPrecondition):
@@ -245,6 +247,7 @@ class CniManager:
         self._status_key: tuple[Any, ...] | None = None
         self._status: tuple[Network | None, str] = (None, "")
         self._plugin_types: tuple[str, ...] = ()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # -- config -----------------------------------------------------------
 
@@ -393,8 +396,8 @@ class CniManager:
         DEL before the error is raised; `teardown` afterwards is still safe."""
         net = self.network()
         cache_path = self._cache_path(pod_id)
-        if cache_path.exists():
-            raise FailedPrecondition(f"pod {pod_id} already has a network attachment")
+        if not _IFNAME_RE.match(ifname):
+            raise InvalidArgument(f"invalid interface name {ifname!r}")
         cni_args = ";".join(
             [
                 "IgnoreUnknown=1",
@@ -409,6 +412,22 @@ class CniManager:
         maps = [_valid_mapping(m).to_cni() for m in port_mappings if m.host_port > 0]
         if maps:
             runtime_config["portMappings"] = maps
+        if not netns.is_netns(netns_path):
+            raise FailedPrecondition(f"{netns_path} is not a network namespace")
+        async with self._pod_lock(pod_id):
+            if cache_path.exists():
+                raise FailedPrecondition(f"pod {pod_id} already has a network attachment")
+            return await self._add(pod_id, netns_path, net, cni_args, runtime_config, ifname)
+
+    async def _add(
+        self,
+        pod_id: str,
+        netns_path: str,
+        net: Network,
+        cni_args: str,
+        runtime_config: dict[str, Any],
+        ifname: str,
+    ) -> PodNetwork:
         entry: dict[str, Any] = {
             "network": net.raw,
             "netns": netns_path,
@@ -451,11 +470,12 @@ class CniManager:
         and after a restart or config change (the cached chain is used). The
         cache entry is dropped only once every plugin's DEL succeeded.
         """
-        entry = self._read_cache(pod_id)
-        if entry is None:
-            return
-        await self._delete(pod_id, netns_path or str(entry.get("netns", "")), entry)
-        self._drop_cache(pod_id)
+        async with self._pod_lock(pod_id):
+            entry = self._read_cache(pod_id)
+            if entry is None:
+                return
+            await self._delete(pod_id, netns_path or str(entry.get("netns", "")), entry)
+            self._drop_cache(pod_id)
 
     async def check(self, pod_id: str, netns_path: str = "") -> None:
         """CHECK the pod's attachment (0.4.0+, unless disableCheck); raises
@@ -464,15 +484,28 @@ class CniManager:
         Not for routine use with Debian's plugins 1.1.1: their portmap fails
         CHECK for a pod with IPv4-only port mappings (it looks for IPv6 rules).
         """
-        entry = self._read_cache(pod_id)
-        if entry is None or not isinstance(entry.get("result"), dict):
-            return
-        net = Network.from_conflist(entry["network"], "<cache>")
-        if net.disable_check or _version_tuple(net.cni_version) < (0, 4, 0):
-            return
-        path = netns_path or str(entry.get("netns", ""))
-        for plugin in net.plugins:
-            await self._exec("CHECK", net, plugin, pod_id, path, entry, entry["result"])
+        async with self._pod_lock(pod_id):
+            entry = self._read_cache(pod_id)
+            if entry is None or not isinstance(entry.get("result"), dict):
+                return
+            net = Network.from_conflist(entry["network"], "<cache>")
+            if net.disable_check or _version_tuple(net.cni_version) < (0, 4, 0):
+                return
+            path = netns_path or str(entry.get("netns", ""))
+            for plugin in net.plugins:
+                await self._exec("CHECK", net, plugin, pod_id, path, entry, entry["result"])
+
+    @contextlib.asynccontextmanager
+    async def _pod_lock(self, pod_id: str) -> AsyncIterator[None]:
+        """One CNI operation per pod at a time: a StopPodSandbox that arrives
+        while RunPodSandbox is still adding waits, then deletes what it added."""
+        lock = self._locks.setdefault(pod_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(pod_id) is lock:
+                del self._locks[pod_id]
 
     async def _delete(self, pod_id: str, netns_path: str, entry: dict[str, Any]) -> None:
         net = Network.from_conflist(entry["network"], "<cache>")
@@ -544,14 +577,18 @@ class CniManager:
             stderr=asyncio.subprocess.PIPE,
             env=env,
             cwd="/",
+            # Its own process group, so a timeout also ends what it spawned
+            # (bridge runs host-local, portmap runs iptables).
+            start_new_session=True,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), self.timeout)
         except BaseException as e:
             # Timed out or cancelled: never leave a plugin running unowned.
             if proc.returncode is None:
+                # Not reaped yet, so the group id is still the one we made.
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await asyncio.shield(proc.wait())
             if isinstance(e, TimeoutError):
                 raise CniPluginError(ptype, command, f"timed out after {self.timeout:g}s") from None

@@ -15,6 +15,7 @@ import pytest
 
 from pyctr.daemon import netns
 from pyctr.daemon.cni import CniPluginError, PortMapping
+from pyctr.daemon.errors import FailedPrecondition
 from tests.cni.conftest import CniEnv, addresses, ping, veths
 
 pytestmark = pytest.mark.root
@@ -134,8 +135,10 @@ async def test_plugin_without_json_error_and_hanging_plugin(cni_env: CniEnv) -> 
     assert m.cached_pods() == ["podc"]
     assert len(veths()) == 1 and len(cni_env.reservations()) == 1
 
+    # Hangs, with a child of its own: the timeout must end both.
     cni_env.fake_plugin(
-        "pyctr-crash", '#!/bin/sh\n[ "$CNI_COMMAND" = ADD ] && exec sleep 60\nexit 0\n'
+        "pyctr-crash",
+        '#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then sleep 60 & exec sleep 61; fi\nexit 0\n',
     )
     await m.teardown("podc", str(pod))  # the retry now succeeds
     assert m.cached_pods() == []
@@ -243,13 +246,15 @@ async def _exchange(host: str, port: int, server: socket.socket, via: Path | Non
     served = asyncio.create_task(asyncio.to_thread(_serve_once, server, b"pong:"))
     try:
         if via is None:
-            return await asyncio.to_thread(client)
-        return await asyncio.to_thread(netns.run_in, via, client)
-    finally:
-        if not served.done():
-            # The client failed: unblock accept() so the thread ends.
-            server.close()
+            answer = await asyncio.to_thread(client)
+        else:
+            answer = await asyncio.to_thread(netns.run_in, via, client)
+    except BaseException:
+        server.close()  # unblocks accept() so the server thread ends
         await asyncio.gather(served, return_exceptions=True)
+        raise
+    await served
+    return answer
 
 
 async def test_port_mapping_through_portmap(cni_env: CniEnv) -> None:
@@ -298,3 +303,43 @@ async def test_the_example_conflist_works(cni_env: CniEnv) -> None:
     assert veths() == []
     assert not any((cni_env.data_dir / "pyctr").glob("10.88.*"))
     shutil.rmtree(cni_env.data_dir / "pyctr", ignore_errors=True)
+
+
+async def test_setup_refuses_a_second_add_and_a_non_netns(cni_env: CniEnv, tmp_path: Path) -> None:
+    cni_env.write_conflist()
+    m = cni_env.manager()
+    pod = cni_env.new_pod_ns("d")
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    with pytest.raises(FailedPrecondition, match="is not a network namespace"):
+        await m.setup("podd", str(plain), namespace="ns", name="d", uid="u")
+    assert m.cached_pods() == []
+    net = await m.setup("podd", str(pod), namespace="ns", name="d", uid="u")
+    with pytest.raises(FailedPrecondition, match="already has a network attachment"):
+        await m.setup("podd", str(pod), namespace="ns", name="d", uid="u")
+    assert m.pod_network("podd") == net  # the first attachment is untouched
+    await m.teardown("podd", str(pod))
+    assert cni_env.reservations() == [] and veths() == []
+
+
+async def test_teardown_during_setup_waits_and_then_deletes(cni_env: CniEnv) -> None:
+    cni_env.fake_plugin(
+        "pyctr-slow",
+        "#!/usr/bin/env python3\n"
+        "import json, os, sys, time\n"
+        "conf = json.load(sys.stdin)\n"
+        "if os.environ['CNI_COMMAND'] == 'ADD':\n"
+        "    time.sleep(0.5)\n"
+        "    json.dump(conf['prevResult'], sys.stdout)\n",
+    )
+    cni_env.write_conflist([{"type": "pyctr-slow"}])
+    m = cni_env.manager()
+    pod = cni_env.new_pod_ns("w")
+    adding = asyncio.create_task(m.setup("podw", str(pod), namespace="ns", name="w", uid="u"))
+    await asyncio.sleep(0.2)
+    assert len(veths()) == 1  # bridge is done, the slow plugin still running
+    await m.teardown("podw", str(pod))
+    assert adding.done()
+    assert adding.result().ips  # the ADD finished first
+    assert cni_env.reservations() == [] and veths() == []
+    assert m.cached_pods() == []

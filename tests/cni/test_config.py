@@ -190,6 +190,8 @@ async def test_setup_when_not_ready_changes_nothing(
         {"port_mappings": [PortMapping(0, 8080)]},
         {"port_mappings": [PortMapping(80, 8080, "icmp")]},
         {"port_mappings": [PortMapping(80, 8080, "tcp", "not-an-ip")]},
+        {"ifname": "eth0/../x"},
+        {"ifname": "a-very-long-interface-name"},
     ],
 )
 async def test_bad_arguments_are_refused_before_any_plugin_runs(
