@@ -6,6 +6,7 @@
         proxy.flip_digest = layer_digest  # that blob's first byte is flipped
         proxy.grow_digest = layer_digest  # that blob comes with 16 bytes too many
         proxy.stall_digest = "*"          # blob bodies (all, or that digest's) never come
+        proxy.manifest = (body, type)     # every manifest GET answers this instead
         pull from f"127.0.0.1:{proxy.port}/..."
         proxy.blob_gets(digest)           # GETs seen for that blob
 
@@ -33,6 +34,7 @@ class FaultProxy:
         self.flip_digest = ""
         self.grow_digest = ""
         self.stall_digest = ""
+        self.manifest: tuple[bytes, str] | None = None
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -78,6 +80,15 @@ class FaultProxy:
             for h in headers:
                 if h.lower().startswith("range:"):
                     self.ranges.append(h.split(":", 1)[1].strip())
+        if self.manifest is not None and "/manifests/" in path:
+            body, media_type = self.manifest
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n" % (media_type.encode(), len(body))
+            )
+            writer.write(body)
+            await writer.drain()
+            return
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         try:
             forwarded = request_line + "\r\n" + "".join(h + "\r\n" for h in headers)

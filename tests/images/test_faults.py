@@ -136,3 +136,46 @@ def test_concurrent_pulls_download_each_blob_once(
         assert proxy.blob_gets(layer.digest) == 1, layer.digest
     assert len(stub.ListImages(cri.ListImagesRequest()).images) == 1
     assert_store_sound(pyctrd)
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type", "code", "says"),
+    [
+        (b"<html>not json</html>", "text/html", grpc.StatusCode.INVALID_ARGUMENT, "JSON"),
+        (b'{"schemaVersion": 1, "fsLayers": []}', "application/json",
+         grpc.StatusCode.FAILED_PRECONDITION, "schema 1"),
+        (b'{"mediaType": "application/x-other"}', "application/x-other",
+         grpc.StatusCode.FAILED_PRECONDITION, "unsupported manifest media type"),
+        (b'{"mediaType": "' + OCI_MANIFEST.encode() + b'", "config": {}, "layers": []}',
+         OCI_MANIFEST, grpc.StatusCode.INVALID_ARGUMENT, "descriptor"),
+        (b'{"layers": [' + b" " * (4 << 20) + b"]}", OCI_MANIFEST,
+         grpc.StatusCode.FAILED_PRECONDITION, "too large"),
+    ],
+    ids=["html", "schema1", "other-type", "no-config", "huge"],
+)  # fmt: skip
+def test_bad_manifests(
+    pyctrd: PyctrDaemon,
+    proxy: FaultProxy,
+    body: bytes,
+    media_type: str,
+    code: grpc.StatusCode,
+    says: str,
+) -> None:
+    proxy.manifest = (body, media_type)
+    err = pull_error(pyctrd, f"{proxy.host}/test/busybox:1")
+    assert err.code() == code, err.details()
+    assert says in err.details()
+    assert images_stub(pyctrd).ListImages(cri.ListImagesRequest()).images == []
+
+
+def test_manifest_not_matching_its_digest(
+    pyctrd: PyctrDaemon, proxy: FaultProxy, test_images: ImageSet
+) -> None:
+    small = test_images.small
+    proxy.manifest = (b'{"schemaVersion": 2, "layers": []}', OCI_MANIFEST)
+    err = pull_error(pyctrd, f"{proxy.host}/test/small@{small.manifest.digest}")
+    assert err.code() == grpc.StatusCode.DATA_LOSS, err.details()
+    assert small.manifest.digest in err.details()
