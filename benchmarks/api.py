@@ -14,18 +14,20 @@ import grpc
 
 from benchmarks.core import Metrics, NotAvailable, measurement, ratio
 from benchmarks.env import CLIENTS, BenchEnv
-from benchmarks.grpc_load import EchoServer, run_load
+from benchmarks.grpc_load import EchoServer, Load, run_load
 from pyctr.proto import cri_pb2 as cri
 
 RUNTIME = "/runtime.v1.RuntimeService/"
 VERSION_TARGET_P99_MS = 5.0
+ROUNDS = 4
 
 
 def _answer(address: str, method: str, request: bytes) -> bytes:
     """One call, for the bytes the baseline will answer with."""
     with grpc.insecure_channel(f"unix:{address}") as channel:
         try:
-            return bytes(channel.unary_unary(method)(request, timeout=30))
+            call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+            return bytes(call(request, timeout=30))
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                 raise NotAvailable(f"{method} answers UNIMPLEMENTED ({e.details()})") from None
@@ -33,14 +35,21 @@ def _answer(address: str, method: str, request: bytes) -> bytes:
 
 
 def compare(env: BenchEnv, method: str, request: Any, clients: int, calls: int) -> Metrics:
-    """pyctr vs baseline for one unary call; `calls` per client."""
+    """pyctr vs baseline for one unary call; `calls` per client in all.
+
+    The two alternate in ROUNDS slices, so a burst of load from a neighbour on
+    this shared machine lands on both rather than on one.
+    """
     address = env.daemon().address
     request_bytes = request.SerializeToString()
     response = _answer(address, method, request_bytes)
     pool = env.pool()
-    mine = run_load(pool, f"unix:{address}", method, request_bytes, clients, calls)
+    per_round = max(calls // ROUNDS, 1)
+    mine, base = Load([], 0.0), Load([], 0.0)
     with EchoServer(str(env.path("echo") / "echo.sock"), response) as echo:
-        base = run_load(pool, echo.target, echo.method, request_bytes, clients, calls)
+        for _ in range(ROUNDS):
+            mine += run_load(pool, f"unix:{address}", method, request_bytes, clients, per_round)
+            base += run_load(pool, echo.target, echo.method, request_bytes, clients, per_round)
     out = {**mine.metrics("pyctr"), **base.metrics("grpc")}
     for stat in ("median", "p99"):
         out[f"{stat}_ratio"] = ratio(out[f"pyctr_{stat}_ms"], out[f"grpc_{stat}_ms"])

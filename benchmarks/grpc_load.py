@@ -25,14 +25,18 @@ import grpc
 from benchmarks.core import NotAvailable, percentile, summary_ms
 
 WARMUP = 20
-START_DELAY = 1.5  # seconds for every worker to connect and warm up
+
+
+def start_delay(clients: int) -> float:
+    """Seconds for every worker to get its task, connect and warm up."""
+    return 0.2 + 0.1 * clients
 
 
 def call_loop(task: tuple[str, str, bytes, int, float]) -> dict[str, Any]:
     """Worker: `n` sequential calls of `method` on its own channel."""
     target, method, request, n, start_at = task
     with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:
             for _ in range(WARMUP):
                 call(request, timeout=30)
@@ -55,6 +59,9 @@ class Load:
     latencies: list[float]
     wall: float
 
+    def __add__(self, other: Load) -> Load:
+        return Load(self.latencies + other.latencies, self.wall + other.wall)
+
     def metrics(self, prefix: str) -> dict[str, float]:
         out = summary_ms(self.latencies, prefix)
         out[f"{prefix}_p90_ms"] = percentile(self.latencies, 90) * 1000
@@ -64,7 +71,7 @@ class Load:
 
 
 def run_load(pool: Any, target: str, method: str, request: bytes, clients: int, n: int) -> Load:
-    start_at = time.monotonic() + START_DELAY
+    start_at = time.monotonic() + start_delay(clients)
     tasks = [(target, method, request, n, start_at)] * clients
     answers = pool.map(call_loop, tasks, chunksize=1)
     for a in answers:

@@ -97,16 +97,18 @@ def scale(env: BenchEnv, n: int) -> Metrics:
         for pod_id in pods:
             removes.append(timed(lambda: client.remove_pod_fully(pod_id)))  # noqa: B023
     tenth = max(n // 10, 1)
-    return {
+    out = {
         "start_total_s": total,
         "start_per_pod_median_ms": statistics.median(starts) * 1000,
         "growth_ratio": ratio(statistics.mean(starts[-tenth:]), statistics.mean(starts[:tenth])),
         "shims": len(shims),
-        "shim_pss_per_container_mib": shim_pss / n,
         "pyctrd_pss_mib": daemon_pss,
         "remove_total_s": sum(removes),
         "remove_per_pod_median_ms": statistics.median(removes) * 1000,
     }
+    if shims:
+        out["shim_pss_per_container_mib"] = shim_pss / n
+    return out
 
 
 def _register(n: int) -> None:

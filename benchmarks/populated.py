@@ -62,9 +62,10 @@ def daemon_n(env: BenchEnv) -> Metrics:
         "pyctrd_rss_mib": rss,
         "pyctrd_pss_mib": pss,
         "shims": len(shims),
-        "shim_pss_per_container_mib": shim_pss / n,
-        "shim_rss_per_container_mib": shim_rss / n,
     }
+    if shims:  # none found: the shim's command line changed, or no shims (yet)
+        out["shim_pss_per_container_mib"] = shim_pss / n
+        out["shim_rss_per_container_mib"] = shim_rss / n
     try:
         idle = metric(env, "memory.daemon_idle", "pyctrd_pss_mib")
         out["pyctrd_pss_growth_per_container_kib"] = (pss - idle) * 1024 / n
