@@ -295,6 +295,9 @@ class ContentStore:
             return None
         return entry[1].offset if entry[1] is not None else 0
 
+    def inflight_digests(self) -> set[str]:
+        return set(self._inflight)
+
     def is_inflight(self, digest: str) -> bool:
         return digest in self._inflight
 

@@ -106,7 +106,7 @@ class GarbageCollector:
         blobs |= self.leases.held("content")
         ingests = self.leases.held("ingest")
         snaps |= self.leases.held("snapshot")
-        blobs |= {d for d in list(self.content._inflight)}
+        blobs |= self.content.inflight_digests()
         return blobs, ingests, snaps
 
     def _sweep(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,6 +16,7 @@ from pyctr.proto import images_pb2 as npb
 from pyctr.proto import images_pb2_grpc
 from tests.images.conftest import OTHER_PLATFORM, ImageSet, cri_pull, images_stub
 from tests.support.daemon import PyctrDaemon
+from tests.support.images import build_image, files_layer, push, tar_bytes
 
 
 def spec(ref: str) -> cri.ImageSpec:
@@ -163,3 +166,37 @@ def test_image_fs_info(pyctrd: PyctrDaemon, test_images: ImageSet) -> None:
     # The compressed layers plus the unpacked busybox binary at least.
     assert after.used_bytes.value - before.used_bytes.value >= test_images.busybox.size + 1_900_000
     assert after.inodes_used.value > before.inodes_used.value + 10
+
+
+def test_images_survive_a_daemon_restart(pyctrd: PyctrDaemon, test_images: ImageSet) -> None:
+    img = test_images.busybox
+    cri_pull(pyctrd, test_images.ref("test/busybox:1"))
+    pyctrd.restart()
+    [listed] = images_stub(pyctrd).ListImages(cri.ListImagesRequest()).images
+    assert listed.id == img.id
+    assert set(stored_blobs(pyctrd)) == {
+        img.manifest.digest, img.config.digest, *(x.digest for x in img.layers)
+    }  # fmt: skip
+
+
+def test_hostile_layers_are_refused(
+    pyctrd: PyctrDaemon, test_images: ImageSet, tmp_path: Path
+) -> None:
+    layout = tmp_path / "oci"
+    escape = tarfile.TarInfo("../../escaped")
+    escape.size = 4
+    build_image(layout, "escape", [tar_bytes([(escape, b"evil")])])
+    liar_config = {"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}
+    build_image(layout, "liar", [files_layer({"a": b"a"})], extra_config=liar_config)
+    reg = test_images.registry
+    push(layout, "escape", f"{reg.host}/test/escape:1")
+    push(layout, "liar", f"{reg.host}/test/liar:1")
+
+    with pytest.raises(grpc.RpcError) as e:
+        cri_pull(pyctrd, f"{reg.host}/test/escape:1")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        cri_pull(pyctrd, f"{reg.host}/test/liar:1")
+    assert e.value.code() == grpc.StatusCode.DATA_LOSS, e.value.details()
+    assert images_stub(pyctrd).ListImages(cri.ListImagesRequest()).images == []
+    assert not (tmp_path.parent / "escaped").exists()
