@@ -366,6 +366,7 @@ class Repository:
                         resp.headers.getall("WWW-Authenticate", []), self.scope, msg
                     )
                     continue
+                auth.accepted()
                 yield resp
                 return
             finally:

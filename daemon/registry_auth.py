@@ -120,9 +120,14 @@ class HostAuth:
         self.timeout = timeout
         self._header: str | None = None
         self._tried: set[tuple[str, str]] = set()
+        self._worked = False  # the current header got a request through
 
     def header(self) -> str | None:
         return self._header
+
+    def accepted(self) -> None:
+        """The registry answered a request made with the current header."""
+        self._worked = True
 
     async def on_unauthorized(self, www_authenticate: list[str], scope: str, msg: str) -> None:
         """React to a 401; return to retry, raise when retrying cannot help."""
@@ -131,9 +136,13 @@ class HostAuth:
         basic = next((c for c in challenges if c.scheme == "basic"), None)
         if bearer is not None:
             key = ("bearer", bearer.params.get("scope", scope))
-            if key in self._tried:
+            # A second 401 for the same scope means the token was refused,
+            # unless that token had worked before: then it expired (tokens
+            # live minutes, pulls of big images longer), so fetch another.
+            if key in self._tried and not self._worked:
                 raise self._denied(msg)
             self._tried.add(key)
+            self._worked = False
             self._header = "Bearer " + await self._token(bearer.params, scope)
             return
         if basic is not None and self.creds.username:
