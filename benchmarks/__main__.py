@@ -23,7 +23,17 @@ from benchmarks.env import BenchEnv, Options
 RESULTS = Path(__file__).resolve().parent / "results"
 # Importing a module registers its measurements: this order is the run order
 # (cheap baselines first; "with N containers" after the empty-daemon figures).
-MODULES = ("api", "memory", "runc_bare", "start", "pull", "populated", "lifecycle", "containerd")
+MODULES = (
+    "api",
+    "memory",
+    "runc_bare",
+    "shim",
+    "start",
+    "pull",
+    "populated",
+    "lifecycle",
+    "containerd",
+)
 for _name in MODULES:
     importlib.import_module(f"benchmarks.{_name}")
 

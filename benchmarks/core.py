@@ -73,7 +73,7 @@ class Result:
 
 # Registration order is run order: baselines and cheap things first.
 REGISTRY: list[Measurement] = []
-GROUPS = ("api", "memory", "runc", "start", "pull", "lifecycle", "scale", "containerd")
+GROUPS = ("api", "memory", "runc", "shim", "start", "pull", "lifecycle", "scale", "containerd")
 
 
 def measurement(group: str, name: str) -> Callable[[MeasureFn], MeasureFn]:
