@@ -176,6 +176,7 @@ class Puller:
         progress = progress or PullProgress()
         progress.reference = str(r)
         repo = self.registry.repository(r, creds)
+        self.leases.expire()  # failed pulls' leases must not pile up between GCs
         lease = self.leases.create(PULL_LEASE_TTL, {"pyctr.io/pull": str(r)})
         ok = False
         try:
@@ -187,7 +188,7 @@ class Puller:
             progress.set_phase("failed")
             raise
         finally:
-            if ok:
+            if ok or not self.leases.resources(lease.id):
                 self.leases.delete(lease.id)
             else:
                 with contextlib.suppress(Exception):
