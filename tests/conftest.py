@@ -104,6 +104,15 @@ def daemon_factory() -> Iterator[Callable[..., PyctrDaemon]]:
         safe_rmtree(d.base)
 
 
+@pytest.fixture(scope="module")
+def module_pyctrd() -> Iterator[PyctrDaemon]:
+    """One default pyctrd shared by a module's tests (for read-only sweeps)."""
+    d = PyctrDaemon(new_base("m")).start()
+    yield d
+    d.stop()
+    safe_rmtree(d.base)
+
+
 @pytest.fixture
 def pyctrd(daemon_factory: Callable[..., PyctrDaemon]) -> PyctrDaemon:
     """A running pyctrd with the default config on temp dirs."""

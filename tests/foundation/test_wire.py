@@ -106,8 +106,9 @@ def _all_methods() -> list[tuple[str, object]]:
 
 @pytest.mark.parametrize("path_and_method", _all_methods(), ids=lambda pm: pm[0].rsplit("/", 1)[1])
 def test_every_cri_rpc_answers_with_a_status_not_a_crash(
-    pyctrd: PyctrDaemon, path_and_method
+    module_pyctrd: PyctrDaemon, path_and_method
 ) -> None:
+    pyctrd = module_pyctrd
     path, method = path_and_method
     from google.protobuf import message_factory
 
