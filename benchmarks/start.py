@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from benchmarks.core import Metrics, NotAvailable, metric, percentile, ratio, summary_ms
 from benchmarks.core import measurement as measure
+from benchmarks.cri import SLEEPER
 from benchmarks.env import BenchEnv
 
 START_TARGET_RATIO = 2.0
@@ -61,6 +63,63 @@ def cri_pod_container(env: BenchEnv) -> Metrics:
     out["runc_start_median_ms"] = runc_ms
     out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
     out["target_vs_runc_max"] = START_TARGET_RATIO
+    return out
+
+
+def _native(env: BenchEnv, method: str, request: Any) -> Any:
+    import grpc
+
+    from pyctr.proto import containers_pb2_grpc
+
+    stub = containers_pb2_grpc.ContainersStub(env.cri().channel)
+    try:
+        return getattr(stub, method)(request, timeout=120)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise NotAvailable(f"pyctr.v1.Containers/{method} answers UNIMPLEMENTED") from None
+        raise
+
+
+@measure("start", "native")
+def native(env: BenchEnv) -> Metrics:
+    """Native API Create, Start, Stop, Remove of a container (no pod), per phase."""
+    from pyctr.proto import containers_pb2 as pb
+
+    ref, _ = env.image("small")
+    env.cri().pull(ref)
+    samples: dict[str, list[float]] = {
+        "create": [],
+        "start": [],
+        "total": [],
+        "stop": [],
+        "remove": [],
+    }
+    for i in range(env.options.runs + 1):
+        create = pb.ContainerCreateRequest(image=ref, command=SLEEPER, network="host")
+        t0 = time.perf_counter()
+        cid = _native(env, "Create", create).container.id
+        try:
+            t1 = time.perf_counter()
+            _native(env, "Start", pb.ContainerStartRequest(container=cid))
+            t2 = time.perf_counter()
+            _native(env, "Stop", pb.ContainerStopRequest(container=cid, timeout=10))
+            t3 = time.perf_counter()
+        finally:
+            t4 = time.perf_counter()
+            _native(env, "Remove", pb.ContainerRemoveRequest(container=cid, force=True))
+            t5 = time.perf_counter()
+        if i:
+            for name, value in (
+                ("create", t1 - t0),
+                ("start", t2 - t1),
+                ("total", t2 - t0),
+                ("stop", t3 - t2),
+                ("remove", t5 - t4),
+            ):
+                samples[name].append(value)
+    out = _phases_ms(samples)
+    runc_ms = metric(env, "runc.run_detached", "start_median_ms")
+    out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
     return out
 
 
