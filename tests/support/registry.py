@@ -212,7 +212,7 @@ class TokenIssuer:
     service = "pyctr-test-registry"
     issuer = "pyctr-test-issuer"
 
-    def __init__(self, base: Path, users: dict[str, str], pull_only: set[str] | None = None):
+    def __init__(self, base: Path, users: dict[str, str]) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
