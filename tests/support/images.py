@@ -327,3 +327,15 @@ def push(
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
         raise RuntimeError(f"skopeo copy failed: {res.stderr.strip()}")
+
+
+def push_busybox(layout: Path, dest: str, **kw: Any) -> BuiltImage:
+    """The usual test image in one call: busybox (sh, ls, cat, sleep, ...) pushed to `dest`.
+
+    `dest` is `host:port/repo:tag`; `kw` goes to write_image (user, env, cmd,
+    entrypoint, workdir, labels, compression, platform).
+    """
+    tag = dest.rpartition(":")[2]
+    img = build_image(layout, tag, [busybox_layer()], **kw)
+    push(layout, tag, dest)
+    return img
