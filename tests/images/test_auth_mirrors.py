@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import grpc
 import pytest
@@ -115,3 +118,30 @@ def test_mirrors_in_order_then_host(
         assert cri_pull(d, f"{upstream.host}/test/busybox:1") == busybox.id
         assert mirror.requests["GET /v2/test/busybox/manifests/1"] == 1
         assert upstream.blob_gets(busybox.layers[0].digest) == 1
+
+
+def test_identity_token_and_registry_token(
+    pyctrd: PyctrDaemon, token_registry: tuple[Registry, TokenIssuer], test_images: ImageSet
+) -> None:
+    reg, issuer = token_registry
+    ref = f"{reg.host}/test/small:1"
+    # An identity (refresh) token is traded for an access token (OAuth2 POST).
+    issuer.requests.clear()
+    assert cri_pull(pyctrd, ref, identity_token="refresh-alice") == test_images.small.id
+    assert [r["method"] for r in issuer.requests] == ["POST"]
+    assert pull_code(pyctrd, ref, identity_token="refresh-mallory") == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    images_stub(pyctrd).RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=ref)))
+
+    # A registry token is sent as it is: the auth server is not asked.
+    query = urlencode({"service": issuer.service, "scope": "repository:test/small:pull"})
+    req = urllib.request.Request(
+        f"{issuer.url}/token?{query}",
+        headers={"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        token = json.load(resp)["token"]
+    issuer.requests.clear()
+    assert cri_pull(pyctrd, ref, registry_token=token) == test_images.small.id
+    assert issuer.requests == []

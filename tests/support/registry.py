@@ -243,6 +243,9 @@ class TokenIssuer:
             def do_GET(self) -> None:  # noqa: N802
                 issuer._handle(self)
 
+            def do_POST(self) -> None:  # noqa: N802 (OAuth2 refresh-token grant)
+                issuer._handle(self)
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -268,7 +271,20 @@ class TokenIssuer:
         query = parse_qs(urlsplit(req.path).query)
         account = ""
         auth = req.headers.get("Authorization", "")
-        self.requests.append({"query": query, "auth": bool(auth)})
+        if req.command == "POST":
+            length = int(req.headers.get("Content-Length") or 0)
+            form = parse_qs(req.rfile.read(length).decode())
+            query = {
+                **query,
+                **{k: v[0].split(" ") if k == "scope" else v for k, v in form.items()},
+            }
+            # Refresh tokens are "refresh-<user>" for the users we know.
+            user = form.get("refresh_token", [""])[0].removeprefix("refresh-")
+            auth = "refresh" if user in self.users else "bad-refresh"
+            account = user if user in self.users else ""
+        self.requests.append({"query": query, "auth": bool(auth), "method": req.command})
+        if auth == "bad-refresh":
+            auth = "Basic " + base64.b64encode(b"-:-").decode()  # refused below
         if auth.startswith("Basic "):
             user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
             if self.users.get(user) != pw:
@@ -299,7 +315,8 @@ class TokenIssuer:
             "access": access,
         }
         token = self._sign(claims)
-        body = json.dumps({"token": token, "expires_in": 300}).encode()
+        key = "access_token" if req.command == "POST" else "token"
+        body = json.dumps({key: token, "expires_in": 300}).encode()
         req.send_response(200)
         req.send_header("Content-Type", "application/json")
         req.send_header("Content-Length", str(len(body)))
