@@ -2,19 +2,24 @@
 
     create  snapshot prepared on the image's chain, rootfs mounted in the
             task dir, config.json written, record stored (status created)
-    start   a shim is spawned (it runs `runc create`), then `runc start`
+    task    a shim is spawned; it runs `runc create` and holds the stdio from
+            then on (done by `start`, or earlier by `attach`, so a client can
+            see all of the output)
+    start   `runc start` through the shim
     exit    the shim's event (or, after a restart, its exit record) is
             recorded; the task is deleted, the shim exits, rootfs unmounted
-    remove  snapshot and task dir removed, record deleted
+    remove  snapshot, task dir and (native containers') log removed, record deleted
 
 Each container has a task dir `<state>/tasks/<id[:16]>` holding the bundle
 (config.json, rootfs) and the shim's files (socket, pid, log, exit record);
 it is short so the shim's socket path fits the 107-byte limit. Containers
-outlive the daemon: `recover` reconnects to every live shim at start and
-takes in exits that happened while the daemon was down.
+outlive the daemon: `recover` reconnects to every live shim at start, takes
+in exits that happened while the daemon was down, and removes what an
+interrupted create or remove left behind.
 
 Lifecycle calls on one container are serialised by a per-container lock;
-all of the daemon's state changes go through `ContainerStore` transactions.
+all of the daemon's state changes go through `self.store` (a write-through
+cache over the container table), which must be the only writer of it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal as signals
 import time
@@ -32,35 +38,40 @@ from pathlib import Path
 from typing import Any
 
 from pyctr.daemon import shim_client
-from pyctr.daemon.containers import (
-    CREATED,
-    EXITED,
-    RUNNING,
-    UNKNOWN,
-    Container,
-    ContainerStore,
-    new_id,
-)
+from pyctr.daemon.container_cache import CachedStore
+from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container, new_id
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pyctr.daemon.oci_spec import SpecOptions, build, write_bundle_config
-from pyctr.daemon.shim_client import ExitRecord, ShimClient, ShimOptions
+from pyctr.daemon.rootfs import User
+from pyctr.daemon.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
 from pyctr.snapshotter.mount import mount_all, unmount_all
 
 log = logging.getLogger("pyctr.runtime")
 
 # How long a stop waits for the process after SIGKILL before giving up.
 KILL_GRACE = 10.0
+# Exit code recorded when the process never ran (runc missing or failing).
+START_ERROR_EXIT = 128
+_FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 # Given the rootfs and the image config, return the spec options; the caller
 # (native API or CRI) decides everything about the process and isolation.
+# It runs after `record.id` is final and before the record is stored, so it
+# may still fill in fields of the record that depend on the ID.
 SpecBuilder = Callable[[Path, dict[str, Any]], SpecOptions]
+
+
+class ExitEvent(asyncio.Event):
+    """Set once a container has exited; keeps the final record for waiters
+    that wake up after the container was removed (auto-remove)."""
+
+    container: Container | None = None
 
 
 @dataclass
 class Task:
     shim: ShimClient
     watcher: asyncio.Task[None] | None = None
-    exited: asyncio.Event | None = None
 
 
 def exit_reason(record: ExitRecord) -> str:
@@ -73,13 +84,13 @@ class RuntimeManager:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.config = ctx.config
-        self.store = ContainerStore(ctx.db)
+        self.store = CachedStore(ctx.db)
         self.tasks_dir = ctx.config.state_dir / "tasks"
         self.runc_root = str(ctx.config.state_dir / "runc")
         self.logs_dir = ctx.config.root_dir / "logs"
         self._tasks: dict[str, Task] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._exited: dict[str, asyncio.Event] = {}
+        self._exited: dict[str, ExitEvent] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- paths and helpers ---------------------------------------------------
@@ -93,6 +104,9 @@ class RuntimeManager:
     def lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
+    def _exit_event(self, cid: str) -> ExitEvent:
+        return self._exited.setdefault(cid, ExitEvent())
+
     def _publish(self, topic: str, c: Container, **data: Any) -> None:
         if self.ctx.events is not None:
             self.ctx.events.publish(topic, c.id, name=c.name, kind=c.kind, **data)
@@ -101,6 +115,9 @@ class RuntimeManager:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _runc(self) -> str:
+        return self.ctx.runc_path or self.config.runtime.runc
 
     # -- create ----------------------------------------------------------------
 
@@ -130,6 +147,7 @@ class RuntimeManager:
             opts = spec_builder(rootfs, image_config)
             opts.rootfs = str(rootfs)
             record.spec = build(opts)
+            _set_console_size(record.spec["process"], record.extra.get("console_size"))
             write_bundle_config(task_dir, record.spec)
             record.status = CREATED
             self.store.add(record)
@@ -144,6 +162,62 @@ class RuntimeManager:
         self._publish("/containers/create", record, image=record.image)
         return record
 
+    # -- the task: shim and runc create ----------------------------------------
+
+    async def create_task(self, cid: str) -> ShimClient:
+        """The shim of a created or running container, spawned now if need be.
+
+        After this the container's stdio exists (attach works) but its
+        process waits for `start`. Raises like `start` when runc cannot
+        create the container, which is then recorded as a StartError.
+        """
+        async with self.lock(cid):
+            c = self.store.get(cid)
+            task = self._tasks.get(cid)
+            if task is not None:
+                return task.shim
+            if c.status != CREATED:
+                raise FailedPrecondition(f"container {cid[:12]} is {c.status}")
+            return await self._create_task(c)
+
+    async def _create_task(self, c: Container) -> ShimClient:
+        """Spawn the shim for created container c; the caller holds its lock."""
+        if self.ctx.runc_path is None:
+            runc = self.config.runtime.runc
+            message = f"runc {runc!r} not found; install runc or set runtime.runc"
+            await self._start_failed(c, message)
+            raise FailedPrecondition(message)
+        log_path = c.extra.get("log_path") or ""
+        if log_path:
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        opts = ShimOptions(
+            id=c.id,
+            bundle=str(self.task_dir(c.id)),
+            state_dir=str(self.task_dir(c.id)),
+            runc=self.ctx.runc_path,
+            runc_root=self.runc_root,
+            log_path=log_path or None,
+            tty=bool(c.extra.get("tty")),
+            stdin=bool(c.extra.get("stdin")),
+            debug=self.config.runtime.shim_debug,
+        )
+        try:
+            shim = await shim_client.spawn_shim(opts)
+        except Exception as e:
+            # runc create failed (the shim cleaned up after it): say why.
+            await self._start_failed(c, str(e))
+            raise
+        self._track(c, shim)
+        return shim
+
+    async def _start_failed(self, c: Container, message: str) -> None:
+        c = self.store.update(
+            c.id, status=EXITED, exit_code=START_ERROR_EXIT, finished_at=time.time_ns(),
+            reason="StartError", message=message[:4096],
+        )  # fmt: skip
+        await self._release_rootfs(c)
+        self._finish_exit(c)
+
     # -- start -----------------------------------------------------------------
 
     async def start(self, cid: str) -> Container:
@@ -151,50 +225,34 @@ class RuntimeManager:
             c = self.store.get(cid)
             if c.status != CREATED:
                 raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not created")
-            if self.ctx.runc_path is None:
-                raise FailedPrecondition(f"runc {self.config.runtime.runc!r} not found")
-            log_path = c.extra.get("log_path") or ""
-            if log_path:
-                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            opts = ShimOptions(
-                id=c.id,
-                bundle=str(self.task_dir(c.id)),
-                state_dir=str(self.task_dir(c.id)),
-                runc=self.ctx.runc_path,
-                runc_root=self.runc_root,
-                log_path=log_path or None,
-                tty=bool(c.extra.get("tty")),
-                stdin=bool(c.extra.get("stdin")),
-                debug=self.config.runtime.shim_debug,
-            )
-            try:
-                shim = await shim_client.spawn_shim(opts)
-            except Exception as e:
-                # runc create failed: the container can never start; say why.
-                c = self.store.update(
-                    cid, status=EXITED, exit_code=128, finished_at=time.time_ns(),
-                    reason="StartError", message=str(e)[:4096],
-                )  # fmt: skip
-                await self._release_rootfs(c)
-                raise
+            task = self._tasks.get(cid)
+            shim = task.shim if task is not None else await self._create_task(c)
             try:
                 pid = await shim.start()
             except Exception as e:
-                await self._teardown_task(c, shim)
-                self.store.update(
-                    cid, status=EXITED, exit_code=128, finished_at=time.time_ns(),
-                    reason="StartError", message=str(e)[:4096],
-                )  # fmt: skip
+                task = await self._drop_task(cid)
+                if task is not None:
+                    await self._teardown_task(c, task.shim)
+                await self._start_failed(c, str(e))
                 raise
             c = self.store.update(cid, status=RUNNING, pid=pid, started_at=time.time_ns())
-            self._track(c, shim)
         self._publish("/tasks/start", c, pid=pid)
         return c
 
     def _track(self, c: Container, shim: ShimClient) -> None:
-        task = Task(shim=shim, exited=self._exited.setdefault(c.id, asyncio.Event()))
+        self._exit_event(c.id)
+        task = Task(shim=shim)
         self._tasks[c.id] = task
         task.watcher = asyncio.create_task(self._watch(c.id, shim))
+
+    async def _drop_task(self, cid: str) -> Task | None:
+        """Forget a task without recording an exit (the caller tears it down)."""
+        task = self._tasks.pop(cid, None)
+        if task is not None and task.watcher is not None:
+            task.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task.watcher
+        return task
 
     async def _watch(self, cid: str, shim: ShimClient) -> None:
         """Follow one shim's events until its container exits or it dies."""
@@ -220,31 +278,48 @@ class RuntimeManager:
                 c = self.store.get(cid)
             except NotFound:
                 return
+            already = c.status == EXITED
             message = ""
             if record is None:
                 # The event stream ended without an exit: the shim died.
                 record = shim_client.read_exit_record(self.task_dir(cid))
                 if record is None:
-                    record = await shim_client.cleanup_dead_shim(
-                        self.task_dir(cid), cid, runc=self.ctx.runc_path or "runc",
-                        runc_root=self.runc_root,
-                    )  # fmt: skip
+                    record = await self._cleanup_dead_shim(cid)
                     message = "the container's shim died; its exit status is unknown"
-            if c.status != EXITED:
-                reason = "Unknown" if message else exit_reason(record)
+            if not already:
                 c = self.store.update(
                     cid, status=EXITED, exit_code=record.exit_status,
                     finished_at=record.exited_at or time.time_ns(),
-                    reason=reason, message=message,
+                    reason="Unknown" if message else exit_reason(record), message=message,
                 )  # fmt: skip
             if task is not None:
                 await self._teardown_task(c, task.shim)
             else:
                 await self._release_rootfs(c)
-            if task is not None and task.exited is not None:
-                task.exited.set()
-            self._exited.setdefault(cid, asyncio.Event()).set()
+            if not already:
+                self._finish_exit(c)
+
+    def _finish_exit(self, c: Container) -> None:
+        """Wake waiters, publish the exit, and remove an auto-remove container."""
+        event = self._exit_event(c.id)
+        event.container = c
+        event.set()
         self._publish("/tasks/exit", c, exit_code=c.exit_code, reason=c.reason)
+        if c.extra.get("auto_remove"):
+            self._spawn(self._auto_remove(c.id))
+
+    async def _auto_remove(self, cid: str) -> None:
+        try:
+            await self.remove(cid, force=True)
+        except NotFound:
+            pass  # a client removed it first
+        except Exception:
+            log.exception("auto-removing %s", cid[:12])
+
+    async def _cleanup_dead_shim(self, cid: str) -> ExitRecord:
+        return await shim_client.cleanup_dead_shim(
+            self.task_dir(cid), cid, runc=self._runc(), runc_root=self.runc_root
+        )
 
     async def _teardown_task(self, c: Container, shim: ShimClient) -> None:
         """runc delete through the shim, let it exit, then free the rootfs."""
@@ -253,10 +328,8 @@ class RuntimeManager:
             with contextlib.suppress(Unavailable):
                 await shim.shutdown()
         except Unavailable:
-            await shim_client.cleanup_dead_shim(
-                self.task_dir(c.id), c.id, runc=self.ctx.runc_path or "runc",
-                runc_root=self.runc_root,
-            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                await self._cleanup_dead_shim(c.id)
         except Exception:
             log.exception("deleting task of %s", c.id[:12])
         finally:
@@ -283,15 +356,24 @@ class RuntimeManager:
         await self._task(cid).shim.kill(sig, all=all_processes)
 
     async def wait(self, cid: str, timeout: float | None = None) -> Container:
+        """The record once the container is not running (or after `timeout`).
+
+        A container removed meanwhile (auto-remove) is answered with its
+        last record.
+        """
         c = self.store.get(cid)
-        if c.status == RUNNING:
-            event = self._exited.setdefault(cid, asyncio.Event())
-            try:
-                async with asyncio.timeout(timeout):
-                    await event.wait()
-            except TimeoutError:
-                pass
-        return self.store.get(cid)
+        if c.status != RUNNING:
+            return c
+        event = self._exit_event(cid)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        try:
+            return self.store.get(cid)
+        except NotFound:
+            if event.container is not None:
+                return event.container
+            raise
 
     async def stop(self, cid: str, timeout: float, sig: int = signals.SIGTERM) -> Container:
         """Signal, wait up to `timeout`, then SIGKILL everything. Idempotent."""
@@ -320,28 +402,60 @@ class RuntimeManager:
             await self.stop(cid, 0)
         async with self.lock(cid):
             c = self.store.get(cid)
+            if c.status == RUNNING:  # started again while we waited for the lock
+                raise FailedPrecondition(f"container {cid[:12]} is running; stop it first")
+            task = await self._drop_task(cid)  # created, attached, never started
+            if task is not None:
+                await self._teardown_task(c, task.shim)
             await self._release_rootfs(c)
             if c.snapshot:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(self.ctx.snapshotter.remove, c.snapshot)
             _remove_task_dir(self.task_dir(cid))
+            self._remove_own_log(c)
             self.store.delete(cid)
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
         self._publish("/containers/delete", c)
 
-    # -- exec, stats, and the rest -------------------------------------------
+    def _remove_own_log(self, c: Container) -> None:
+        """The log file, if it is one of ours (a CRI log belongs to the kubelet)."""
+        log_path = c.extra.get("log_path") or ""
+        if log_path and Path(log_path).parent == self.logs_dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log_path)
+
+    # -- exec, attach, and the rest ------------------------------------------
 
     def exec_process(
-        self, c: Container, args: list[str], tty: bool = False, env: list[str] | None = None
+        self,
+        c: Container,
+        args: list[str],
+        tty: bool = False,
+        env: list[str] | None = None,
+        *,
+        cwd: str | None = None,
+        user: User | None = None,
+        console_size: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        """An exec's OCI process: the container's, with other args."""
+        """An exec's OCI process: the container's, with other args (and env, cwd, user,
+        initial terminal size {"width", "height"})."""
         if not args:
             raise InvalidArgument("exec needs a command")
         process = dict(c.spec.get("process") or {})
         process.update(args=list(args), terminal=tty)
         if env:
             process["env"] = list(process.get("env") or []) + env
+        if cwd:
+            process["cwd"] = cwd
+        if user is not None:
+            process["user"] = {
+                "uid": user.uid,
+                "gid": user.gid,
+                "additionalGids": user.additional_gids,
+            }
+        process.pop("consoleSize", None)
+        _set_console_size(process, console_size)
         return process
 
     def shim(self, cid: str) -> ShimClient:
@@ -350,35 +464,110 @@ class RuntimeManager:
             raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not running")
         return self._task(cid).shim
 
+    async def attach(self, cid: str) -> AttachStream:
+        """The container's live stdio; on a created container this creates its task."""
+        c = self.store.get(cid)
+        if c.status not in (CREATED, RUNNING):
+            raise FailedPrecondition(f"container {cid[:12]} is {c.status}; cannot attach")
+        shim = await self.create_task(cid)
+        try:
+            return await shim.attach()
+        except FailedPrecondition:
+            raise FailedPrecondition(f"container {cid[:12]} has exited; cannot attach") from None
+
     # -- daemon start and stop -----------------------------------------------
 
     async def recover(self) -> None:
-        """Reconnect to live shims; take in exits that happened while we were down."""
+        """Reconnect to live shims; take in exits that happened while we were down;
+        remove what interrupted creates and removes left behind."""
         self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        known = set()
-        for c in self.store.list():
-            known.add(c.id[:16])
-            if c.status != RUNNING:
-                if c.status in (EXITED, UNKNOWN):
-                    await self._release_rootfs(c)
-                continue
+        records = self.store.list()
+        for c in records:
             try:
-                shim = await shim_client.connect_shim(self.task_dir(c.id))
+                await self._recover(c)
+            except Exception:
+                log.exception("recovering container %s", c.id[:12])
+        await self._remove_orphans(records)
+
+    async def _recover(self, c: Container) -> None:
+        task_dir = self.task_dir(c.id)
+        has_runc_state = (Path(self.runc_root) / c.id).exists()
+        if c.status in (RUNNING, CREATED):
+            try:
+                shim = await shim_client.connect_shim(task_dir)
             except Unavailable:
+                shim = None
+            if shim is not None:
+                self._track(c, shim)
+                log.info("reconnected to the shim of %s", c.id[:12])
+                if c.status == CREATED:
+                    await self._catch_up_start(c, shim)
+                return
+            left = shim_client.read_exit_record(task_dir) is not None or has_runc_state
+            if c.status == RUNNING or left:
                 log.warning("shim of %s is gone; marking it exited", c.id[:12])
-                self._exited.setdefault(c.id, asyncio.Event())
+                self._exit_event(c.id)
                 await self._on_exit(c.id, None)
-                continue
-            self._track(c, shim)
-            log.info("reconnected to the shim of %s", c.id[:12])
+            return
+        # Exited: a crash between recording the exit and deleting the task
+        # may have left the shim and runc's state behind.
+        try:
+            shim = await shim_client.connect_shim(task_dir, timeout=2.0)
+        except Exception:
+            shim = None
+        if shim is not None:
+            await self._teardown_task(c, shim)
+        elif has_runc_state:
+            await self._cleanup_dead_shim(c.id)
+        await self._release_rootfs(c)
+        if c.extra.get("auto_remove"):
+            self._spawn(self._auto_remove(c.id))
+
+    async def _catch_up_start(self, c: Container, shim: ShimClient) -> None:
+        """A crash between `runc start` and recording it: record it now."""
+        with contextlib.suppress(Exception):
+            state = await shim.state()
+            if state.status in ("running", "paused", "stopped"):
+                self.store.update(c.id, status=RUNNING, pid=state.pid, started_at=time.time_ns())
+
+    async def _remove_orphans(self, records: list[Container]) -> None:
+        ids = {c.id for c in records}
+        runc_root = Path(self.runc_root)
+        if runc_root.is_dir():
+            for entry in runc_root.iterdir():
+                if entry.name not in ids and _FULL_ID.match(entry.name):
+                    log.warning("removing runc state of unknown container %s", entry.name[:12])
+                    with contextlib.suppress(Exception):
+                        await shim_client.cleanup_dead_shim(
+                            self.tasks_dir / ".none", entry.name, runc=self._runc(),
+                            runc_root=self.runc_root,
+                        )  # fmt: skip
         # Task dirs no record owns: a create interrupted by a crash.
+        prefixes = {cid[:16] for cid in ids}
         for entry in self.tasks_dir.iterdir():
-            if entry.name not in known:
+            if entry.name not in prefixes:
                 log.warning("removing orphaned task dir %s", entry)
                 rootfs = entry / "rootfs"
                 if rootfs.exists():
                     await asyncio.to_thread(_unmount, rootfs)
                 _remove_task_dir(entry)
+        snapshots = {c.snapshot for c in records}
+        await asyncio.to_thread(self._remove_orphan_snapshots, snapshots)
+        if self.logs_dir.is_dir():
+            for entry in self.logs_dir.iterdir():
+                if entry.suffix == ".log" and entry.stem not in ids:
+                    entry.unlink(missing_ok=True)
+
+    def _remove_orphan_snapshots(self, owned: set[str]) -> None:
+        """Active snapshots keyed like a container ID that no record owns."""
+        snap = self.ctx.snapshotter
+        if snap is None:
+            return
+        for info in list(snap.walk()):
+            if str(info.kind) == "active" and _FULL_ID.match(info.key) and info.key not in owned:
+                log.warning("removing orphaned container snapshot %s", info.key[:12])
+                with contextlib.suppress(Exception):
+                    snap.remove(info.key)
 
     async def close(self) -> None:
         """Let go of the shims (they and their containers keep running)."""
@@ -391,6 +580,12 @@ class RuntimeManager:
         self._tasks.clear()
         for bg in list(self._background):
             bg.cancel()
+
+
+def _set_console_size(process: dict[str, Any], size: dict[str, int] | None) -> None:
+    """runc sizes a process's terminal before the process starts (no resize race)."""
+    if size and process.get("terminal") and size.get("width") and size.get("height"):
+        process["consoleSize"] = {"height": int(size["height"]), "width": int(size["width"])}
 
 
 def _unmount(target: Path) -> None:

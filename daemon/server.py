@@ -132,7 +132,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 def build(ctx: Context) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
-    from pyctr.daemon import cri_runtime, native_images, native_system
+    from pyctr.daemon import cri_runtime, native_containers, native_images, native_system
     from pyctr.proto import cri_pb2_grpc, system_pb2_grpc
 
     server = grpc.aio.server(
@@ -146,5 +146,6 @@ def build(ctx: Context) -> grpc.aio.Server:
     # Services, one line each.
     cri_pb2_grpc.add_RuntimeServiceServicer_to_server(cri_runtime.RuntimeService(ctx), server)
     native_images.register(server, ctx.images)  # CRI ImageService + Images, Content, GC
+    native_containers.register(server, ctx)  # Containers, Events
     system_pb2_grpc.add_SystemServicer_to_server(native_system.SystemService(ctx), server)
     return server
