@@ -29,3 +29,4 @@ class Context:
     images: Any = None
     runtime: Any = None
     events: Any = None
+    sandboxes: Any = None  # CRI pod sandboxes (pyctr.daemon.sandbox.SandboxManager)

@@ -14,6 +14,9 @@ import grpc
 
 from pyctr.daemon import host
 from pyctr.daemon.context import Context
+from pyctr.daemon.cri_containers import ContainerRpcs
+from pyctr.daemon.cri_sandbox import SandboxRpcs
+from pyctr.daemon.cri_stats import StatsRpcs
 from pyctr.daemon.version import CRI_API_VERSION, RUNTIME_NAME, VERSION
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
@@ -55,25 +58,17 @@ class RuntimeRpcs:
         )
 
     def _network_condition(self) -> cri.RuntimeCondition:
-        cni = self.ctx.config.cri.cni
-        if not host.cni_configs(cni.conf_dir):
+        ready, message = self.ctx.sandboxes.cni.status()
+        if not ready:
             return cri.RuntimeCondition(
-                type="NetworkReady",
-                status=False,
-                reason="NetworkPluginNotReady",
-                message=f"no CNI network config found in {cni.conf_dir}",
+                type="NetworkReady", status=False, reason="NetworkPluginNotReady", message=message
             )
-        # Pod networking is wired in with the CRI sandbox work; until then the
-        # honest answer is "not ready", whatever configs exist.
-        return cri.RuntimeCondition(
-            type="NetworkReady",
-            status=False,
-            reason="NetworkPluginNotReady",
-            message="pyctr does not set up pod networking yet",
-        )
+        return cri.RuntimeCondition(type="NetworkReady", status=True)
 
 
 # Mixins, one line each; earlier ones win where names overlap (none should).
-class RuntimeService(RuntimeRpcs, cri_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(
+    RuntimeRpcs, SandboxRpcs, ContainerRpcs, StatsRpcs, cri_pb2_grpc.RuntimeServiceServicer
+):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

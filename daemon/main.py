@@ -126,6 +126,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon.image_manager import ImageManager
     from pyctr.daemon.metadata import Metadata
     from pyctr.daemon.runtime import RuntimeManager
+    from pyctr.daemon.sandbox import SandboxManager
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
     # Everything pyctrd creates is private unless it says otherwise.
@@ -143,6 +144,8 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         runtime = RuntimeManager(ctx)
         ctx.runtime = runtime
         await runtime.recover()
+        ctx.sandboxes = SandboxManager(ctx)
+        await ctx.sandboxes.recover()
         server = server_mod.build(ctx)
         server.add_insecure_port(f"unix:{address}")
         stop = asyncio.Event()

@@ -153,6 +153,8 @@ class SpecOptions:
         default_factory=lambda: [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     )
     shm_size: int = 64 * 1024 * 1024
+    # "rshared" or "rslave" when a mount needs propagation through the rootfs.
+    rootfs_propagation: str = ""
 
 
 def default_mounts(opts: SpecOptions) -> list[Mount]:
@@ -218,6 +220,8 @@ def build(opts: SpecOptions) -> dict[str, Any]:
         linux["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
     if opts.cgroups_path:
         linux["cgroupsPath"] = opts.cgroups_path
+    if opts.rootfs_propagation:
+        linux["rootfsPropagation"] = opts.rootfs_propagation
     if opts.sysctl:
         linux["sysctl"] = dict(opts.sysctl)
     if opts.seccomp and not opts.privileged:

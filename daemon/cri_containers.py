@@ -1,0 +1,238 @@
+"""CRI container calls: lifecycle, status, exec-sync, resources, logs, events.
+
+Create and start go through the pod (`SandboxManager`), which checks the
+pod is ready and serialises them with its stop; the rest go straight to the
+runtime manager. Unknown IDs answer NOT_FOUND, except RemoveContainer, which
+succeeds (removal is idempotent, as the kubelet expects). ExecSync that runs
+out of time answers DEADLINE_EXCEEDED, which the kubelet turns into a probe
+timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import secrets
+import signal as signals
+from collections.abc import AsyncIterator
+
+import grpc
+
+from pyctr.daemon import cri_convert as convert
+from pyctr.daemon.containers import CREATED, RUNNING, Container
+from pyctr.daemon.context import Context
+from pyctr.daemon.cri_spec import cri_signal, oci_resources, parse_signal
+from pyctr.daemon.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PyctrError,
+)
+from pyctr.daemon.events import Event
+from pyctr.daemon.oci_spec import write_bundle_config
+from pyctr.proto import cri_pb2 as cri
+
+log = logging.getLogger(__name__)
+
+# ExecSync output kept per stream (the CRI's documented cap).
+MAX_EXEC_OUTPUT = 16 * 1024 * 1024
+STREAM_CHUNK = 500
+_EVENT_TYPES = {
+    "/containers/create": cri.CONTAINER_CREATED_EVENT,
+    "/tasks/start": cri.CONTAINER_STARTED_EVENT,
+    "/tasks/exit": cri.CONTAINER_STOPPED_EVENT,
+    "/containers/delete": cri.CONTAINER_DELETED_EVENT,
+}
+
+
+def stop_signal(c: Container) -> int:
+    """The request's stop signal, else the image's StopSignal, else SIGTERM."""
+    with contextlib.suppress(PyctrError, ValueError):
+        sig = cri_signal(int(c.extra.get("stop_signal") or 0))
+        if sig:
+            return sig
+    image_signal = str(c.extra.get("image_stop_signal") or "")
+    if image_signal:
+        try:
+            return parse_signal(image_signal)
+        except PyctrError:
+            log.warning("image StopSignal %r of %s is not a signal", image_signal, c.id[:12])
+    return int(signals.SIGTERM)
+
+
+class ContainerRpcs:
+    ctx: Context
+
+    async def CreateContainer(  # noqa: N802 (gRPC method names)
+        self, request: cri.CreateContainerRequest, context: grpc.aio.ServicerContext
+    ) -> cri.CreateContainerResponse:
+        if not request.HasField("config") or not request.config.HasField("metadata"):
+            raise InvalidArgument("CreateContainer: config.metadata is required")
+        c = await self.ctx.sandboxes.create_container(request.pod_sandbox_id, request.config)
+        return cri.CreateContainerResponse(container_id=c.id)
+
+    async def StartContainer(  # noqa: N802
+        self, request: cri.StartContainerRequest, context: grpc.aio.ServicerContext
+    ) -> cri.StartContainerResponse:
+        await self.ctx.sandboxes.start_container(request.container_id)
+        return cri.StartContainerResponse()
+
+    async def StopContainer(  # noqa: N802
+        self, request: cri.StopContainerRequest, context: grpc.aio.ServicerContext
+    ) -> cri.StopContainerResponse:
+        c = self.ctx.sandboxes.get_container(request.container_id)
+        timeout = max(0, request.timeout)
+        await self.ctx.runtime.stop(c.id, timeout, stop_signal(c))
+        return cri.StopContainerResponse()
+
+    async def RemoveContainer(  # noqa: N802
+        self, request: cri.RemoveContainerRequest, context: grpc.aio.ServicerContext
+    ) -> cri.RemoveContainerResponse:
+        try:
+            c = self.ctx.sandboxes.get_container(request.container_id)
+        except NotFound:
+            return cri.RemoveContainerResponse()
+        with contextlib.suppress(NotFound):  # removed meanwhile
+            await self.ctx.runtime.remove(c.id, force=True)
+        return cri.RemoveContainerResponse()
+
+    def _containers(self, f: cri.ContainerFilter) -> list[cri.Container]:
+        return [
+            convert.container_summary(c)
+            for c in self.ctx.runtime.store.list(kind="container")
+            if c.sandbox_id and convert.container_matches(c, f)
+        ]
+
+    async def ListContainers(  # noqa: N802
+        self, request: cri.ListContainersRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ListContainersResponse:
+        return cri.ListContainersResponse(containers=self._containers(request.filter))
+
+    async def StreamContainers(  # noqa: N802
+        self, request: cri.StreamContainersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cri.StreamContainersResponse]:
+        items = self._containers(request.filter)
+        for i in range(0, max(len(items), 1), STREAM_CHUNK):
+            yield cri.StreamContainersResponse(containers=items[i : i + STREAM_CHUNK])
+
+    async def ContainerStatus(  # noqa: N802
+        self, request: cri.ContainerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ContainerStatusResponse:
+        c = self.ctx.sandboxes.get_container(request.container_id)
+        return cri.ContainerStatusResponse(
+            status=convert.container_status(c),
+            info=convert.container_info(c) if request.verbose else {},
+        )
+
+    async def UpdateContainerResources(  # noqa: N802
+        self, request: cri.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> cri.UpdateContainerResourcesResponse:
+        sandboxes = self.ctx.sandboxes
+        c = sandboxes.get_container(request.container_id)
+        if not request.HasField("linux"):
+            return cri.UpdateContainerResourcesResponse()
+        new = oci_resources(request.linux, sandboxes.cgroup_v2)
+        runtime = self.ctx.runtime
+        async with runtime.lock(c.id):
+            c = runtime.store.get(c.id)
+            spec = copy.deepcopy(c.spec)
+            resources = spec.setdefault("linux", {}).setdefault("resources", {})
+            # The request is the container's whole set of these limits.
+            for key in ("cpu", "memory", "hugepageLimits", "unified"):
+                resources.pop(key, None)
+            resources.update(new)
+            if c.status == RUNNING:
+                await runtime.shim(c.id).update(new)
+            elif c.status == CREATED:
+                write_bundle_config(runtime.task_dir(c.id), spec)
+            else:
+                raise FailedPrecondition(f"container {c.id[:12]} is {c.status}")
+            runtime.store.update(c.id, spec=spec)
+        return cri.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(  # noqa: N802
+        self, request: cri.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ReopenContainerLogResponse:
+        c = self.ctx.sandboxes.get_container(request.container_id)
+        await self.ctx.runtime.shim(c.id).reopen_log()
+        return cri.ReopenContainerLogResponse()
+
+    async def ExecSync(  # noqa: N802
+        self, request: cri.ExecSyncRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ExecSyncResponse:
+        runtime = self.ctx.runtime
+        c = self.ctx.sandboxes.get_container(request.container_id)
+        if request.timeout < 0:
+            raise InvalidArgument("ExecSync timeout must not be negative")
+        shim = runtime.shim(c.id)
+        process = runtime.exec_process(c, list(request.cmd))
+        timeout = float(request.timeout) or None
+        result = await shim.exec_sync(
+            f"sync-{secrets.token_hex(8)}", process, timeout=timeout, max_output=MAX_EXEC_OUTPUT
+        )
+        if result.timed_out:
+            raise DeadlineExceeded(
+                f"command {list(request.cmd)[:3]} in {c.id[:12]} timed out after {timeout:g}s"
+            )
+        return cri.ExecSyncResponse(
+            stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
+        )
+
+    # -- events --------------------------------------------------------------
+
+    async def GetContainerEvents(  # noqa: N802
+        self, request: cri.GetEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cri.ContainerEventResponse]:
+        sub = self.ctx.events.subscribe(*_EVENT_TYPES)
+        # Which pod each CRI container belongs to, kept for its delete event
+        # (the record is gone by then), and each pod's last status.
+        owners: dict[str, str] = {
+            c.id: c.sandbox_id or c.id
+            for c in self.ctx.runtime.store.list()
+            if c.kind == "sandbox" or c.sandbox_id
+        }
+        pods: dict[str, cri.PodSandboxStatus] = {}
+        try:
+            async for event in sub:
+                response = self._event_response(event, owners, pods)
+                if response is not None:
+                    yield response
+        finally:
+            sub.close()
+
+    def _event_response(
+        self, event: Event, owners: dict[str, str], pods: dict[str, cri.PodSandboxStatus]
+    ) -> cri.ContainerEventResponse | None:
+        store = self.ctx.runtime.store
+        cid = event.subject
+        record: Container | None = None
+        with contextlib.suppress(NotFound):
+            record = store.get(cid)
+        if record is not None:
+            if record.kind != "sandbox" and not record.sandbox_id:
+                return None  # a native-API container, not the kubelet's business
+            owners[cid] = record.sandbox_id or record.id
+        pod_id = owners.get(cid)
+        if pod_id is None:
+            return None
+        statuses: list[cri.ContainerStatus] = []
+        with contextlib.suppress(NotFound):
+            sb = store.get(pod_id)
+            pods[pod_id] = convert.pod_status(sb)
+            members = store.list(kind="container", sandbox_id=pod_id)
+            statuses = [convert.container_status(c) for c in members]
+        pod = pods.get(pod_id) or cri.PodSandboxStatus(id=pod_id)
+        if event.topic == "/containers/delete":
+            owners.pop(cid, None)
+            if cid == pod_id:
+                pods.pop(pod_id, None)
+                pod.state = cri.SANDBOX_NOTREADY
+        return cri.ContainerEventResponse(
+            container_id=cid,
+            container_event_type=_EVENT_TYPES[event.topic],  # type: ignore[arg-type]
+            created_at=event.timestamp_ns,
+            pod_sandbox_status=pod,
+            containers_statuses=statuses,
+        )

@@ -1,0 +1,207 @@
+"""Records to CRI messages: pod and container statuses, summaries, filters.
+
+Pure functions over `Container` records: no I/O, so the kubelet's
+once-a-second polls (ListPodSandbox, ListContainers, ContainerStatus) cost
+a dict lookup and some message building, never a shim call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container
+from pyctr.daemon.cri_spec import cri_resources
+from pyctr.daemon.sandbox import is_ready
+from pyctr.proto import cri_pb2 as cri
+
+_STATES = {
+    CREATED: cri.CONTAINER_CREATED,
+    RUNNING: cri.CONTAINER_RUNNING,
+    EXITED: cri.CONTAINER_EXITED,
+}
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# -- pods -----------------------------------------------------------------------
+
+
+def pod_state(sb: Container) -> int:
+    return cri.SANDBOX_READY if is_ready(sb) else cri.SANDBOX_NOTREADY
+
+
+def pod_metadata(sb: Container) -> cri.PodSandboxMetadata:
+    md = sb.extra.get("metadata") or {}
+    return cri.PodSandboxMetadata(
+        name=md.get("name", ""),
+        uid=md.get("uid", ""),
+        namespace=md.get("namespace", ""),
+        attempt=md.get("attempt", 0),
+    )
+
+
+def pod_summary(sb: Container) -> cri.PodSandbox:
+    return cri.PodSandbox(
+        id=sb.id,
+        metadata=pod_metadata(sb),
+        state=pod_state(sb),  # type: ignore[arg-type]
+        created_at=sb.created_at,
+        labels=sb.labels,
+        annotations=sb.annotations,
+        runtime_handler=sb.extra.get("runtime_handler", ""),
+    )
+
+
+def pod_status(sb: Container) -> cri.PodSandboxStatus:
+    ips = list(sb.extra.get("ips") or [])
+    ns = sb.extra.get("namespaces") or {}
+    return cri.PodSandboxStatus(
+        id=sb.id,
+        metadata=pod_metadata(sb),
+        state=pod_state(sb),  # type: ignore[arg-type]
+        created_at=sb.created_at,
+        network=cri.PodSandboxNetworkStatus(
+            ip=ips[0] if ips else "", additional_ips=[cri.PodIP(ip=ip) for ip in ips[1:]]
+        ),
+        linux=cri.LinuxPodSandboxStatus(
+            namespaces=cri.Namespace(
+                options=cri.NamespaceOption(
+                    network=ns.get("network", 0), pid=ns.get("pid", 0), ipc=ns.get("ipc", 0)
+                )
+            )
+        ),
+        labels=sb.labels,
+        annotations=sb.annotations,
+        runtime_handler=sb.extra.get("runtime_handler", ""),
+    )
+
+
+def pod_matches(sb: Container, f: cri.PodSandboxFilter) -> bool:
+    if f.id and not sb.id.startswith(f.id):
+        return False
+    if f.HasField("state") and pod_state(sb) != f.state.state:
+        return False
+    return labels_match(sb.labels, f.label_selector)
+
+
+def pod_info(sb: Container) -> dict[str, str]:
+    """The verbose map of PodSandboxStatus: JSON, like containerd's."""
+    info = {
+        "pid": sb.pid,
+        "status": sb.status,
+        "netns": sb.extra.get("netns") or "",
+        "image": sb.image,
+        "imageId": sb.image_id,
+        "cgroupParent": sb.extra.get("cgroup_parent") or "",
+        "runtimeSpec": sb.spec,
+        "config": sb.extra.get("config") or {},
+    }
+    return {"info": json.dumps(info)}
+
+
+# -- containers -----------------------------------------------------------------
+
+
+def container_state(c: Container) -> int:
+    return _STATES.get(c.status, cri.CONTAINER_UNKNOWN)
+
+
+def container_metadata(c: Container) -> cri.ContainerMetadata:
+    md = c.extra.get("metadata") or {}
+    return cri.ContainerMetadata(name=md.get("name", c.name), attempt=md.get("attempt", 0))
+
+
+def image_spec(c: Container) -> cri.ImageSpec:
+    spec = c.extra.get("image_spec") or {}
+    return cri.ImageSpec(
+        image=spec.get("image") or c.image,
+        annotations=spec.get("annotations") or {},
+        user_specified_image=spec.get("user_specified_image", ""),
+        runtime_handler=spec.get("runtime_handler", ""),
+    )
+
+
+def container_summary(c: Container) -> cri.Container:
+    return cri.Container(
+        id=c.id,
+        pod_sandbox_id=c.sandbox_id,
+        metadata=container_metadata(c),
+        image=image_spec(c),
+        image_ref=c.extra.get("image_ref") or c.image_id,
+        state=container_state(c),  # type: ignore[arg-type]
+        created_at=c.created_at,
+        labels=c.labels,
+        annotations=c.annotations,
+        image_id=c.image_id,
+    )
+
+
+def container_matches(c: Container, f: cri.ContainerFilter) -> bool:
+    if f.id and not c.id.startswith(f.id):
+        return False
+    if f.pod_sandbox_id and not c.sandbox_id.startswith(f.pod_sandbox_id):
+        return False
+    if f.HasField("state") and container_state(c) != f.state.state:
+        return False
+    return labels_match(c.labels, f.label_selector)
+
+
+def _resources(c: Container) -> cri.ContainerResources:
+    linux = c.spec.get("linux") or {}
+    oom = (c.spec.get("process") or {}).get("oomScoreAdj", 0)
+    return cri.ContainerResources(linux=cri_resources(linux.get("resources") or {}, oom))
+
+
+def container_status(c: Container) -> cri.ContainerStatus:
+    user = (c.spec.get("process") or {}).get("user") or {}
+    status = cri.ContainerStatus(
+        id=c.id,
+        metadata=container_metadata(c),
+        state=container_state(c),  # type: ignore[arg-type]
+        created_at=c.created_at,
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+        exit_code=c.exit_code if c.status == EXITED else 0,
+        image=image_spec(c),
+        image_ref=c.extra.get("image_ref") or c.image_id,
+        reason=c.reason if c.status == EXITED else "",
+        message=c.message if c.status == EXITED else "",
+        labels=c.labels,
+        annotations=c.annotations,
+        mounts=[cri.Mount(**m) for m in c.extra.get("mounts") or []],
+        log_path=c.extra.get("log_path") or "",
+        resources=_resources(c),
+        image_id=c.image_id,
+        user=cri.ContainerUser(
+            linux=cri.LinuxContainerUser(
+                uid=user.get("uid", 0),
+                gid=user.get("gid", 0),
+                supplemental_groups=user.get("additionalGids") or [],
+            )
+        ),
+        stop_signal=c.extra.get("stop_signal", 0),
+    )
+    return status
+
+
+def container_info(c: Container) -> dict[str, str]:
+    info: dict[str, Any] = {
+        "sandboxID": c.sandbox_id,
+        "pid": c.pid,
+        "snapshotKey": c.snapshot,
+        "image": c.image,
+        "imageId": c.image_id,
+        "logPath": c.extra.get("log_path") or "",
+        "runtimeSpec": c.spec,
+        "status": c.status,
+    }
+    return {"info": json.dumps(info)}
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,294 @@
+"""CRI stats: containers' and pods' CPU, memory, processes, network, disk.
+
+Read by the daemon straight from the cgroup files (v1 or v2; the paths are
+the ones pyctr gave runc) and /proc, never through the shims, so listing
+the stats of a node's containers costs file reads only. CPU rate
+(usage_nano_cores) comes from the previous sample of the same container.
+The writable layer's usage is measured on the snapshot (off the event loop).
+A pod's usage is its cgroup parent's when the kubelet named one, else the
+sum of its members.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from pyctr.daemon import cri_convert as convert
+from pyctr.daemon import host
+from pyctr.daemon.containers import RUNNING, Container
+from pyctr.daemon.context import Context
+from pyctr.proto import cri_pb2 as cri
+from pyctr.shim.cgroups import Cgroup
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+STREAM_CHUNK = 200
+
+
+def _u64(value: int | None) -> cri.UInt64Value | None:
+    return cri.UInt64Value(value=value) if value is not None and value >= 0 else None
+
+
+def net_dev(pid: int) -> dict[str, tuple[int, int, int, int]]:
+    """rx_bytes, rx_errors, tx_bytes, tx_errors per interface of pid's netns."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    try:
+        with open(f"/proc/{pid}/net/dev") as f:
+            lines = f.read().splitlines()[2:]
+    except OSError:
+        return out
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if len(fields) >= 11:
+            out[name.strip()] = (int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10]))
+    return out
+
+
+class StatsCollector:
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.v2 = host.cgroup_version() == "v2"
+        self.mountpoint = str(ctx.config.root_dir)
+        self._cpu: dict[str, tuple[int, int]] = {}  # id -> (timestamp, usage ns)
+
+    def cgroup(self, path: str) -> Cgroup:
+        path = "/" + path.strip("/")
+        if self.v2:
+            return Cgroup({}, CGROUP_ROOT + path)
+        dirs = {name: f"{CGROUP_ROOT}/{name}{path}" for name in ("cpuacct", "memory", "pids")}
+        return Cgroup(dirs, None)
+
+    def raw(self, path: str) -> dict[str, int | None]:
+        return self.cgroup(path).stats()
+
+    def cpu(self, key: str, raw: dict[str, int | None]) -> cri.CpuUsage:
+        ts, usage = int(raw["timestamp"] or 0), raw["cpu_usage_ns"]
+        out = cri.CpuUsage(timestamp=ts, usage_core_nano_seconds=_u64(usage))
+        if usage is not None:
+            prev = self._cpu.get(key)
+            if prev is not None and ts > prev[0] and usage >= prev[1]:
+                rate = (usage - prev[1]) * 1_000_000_000 // (ts - prev[0])
+                out.usage_nano_cores.value = rate
+            self._cpu[key] = (ts, usage)
+        return out
+
+    @staticmethod
+    def memory(raw: dict[str, int | None]) -> cri.MemoryUsage:
+        limit, working = raw["memory_limit"], raw["memory_working_set"]
+        available = limit - working if limit is not None and working is not None else None
+        return cri.MemoryUsage(
+            timestamp=int(raw["timestamp"] or 0),
+            working_set_bytes=_u64(working),
+            available_bytes=_u64(available),
+            usage_bytes=_u64(raw["memory_usage"]),
+            rss_bytes=_u64(raw["memory_rss"]),
+            page_faults=_u64(raw["page_faults"]),
+            major_page_faults=_u64(raw["major_page_faults"]),
+        )
+
+    def writable(self, c: Container) -> cri.FilesystemUsage | None:
+        """Blocking (walks the container's upper dir): call off the event loop."""
+        snap = self.ctx.snapshotter
+        if snap is None or not c.snapshot:
+            return None
+        try:
+            usage = snap.usage(c.snapshot)
+        except Exception:
+            return None
+        return cri.FilesystemUsage(
+            timestamp=convert.now_ns(),
+            fs_id=cri.FilesystemIdentifier(mountpoint=self.mountpoint),
+            used_bytes=cri.UInt64Value(value=usage.size_bytes),
+            inodes_used=cri.UInt64Value(value=usage.inodes),
+        )
+
+    def container(self, c: Container, fs: cri.FilesystemUsage | None) -> cri.ContainerStats:
+        attributes = cri.ContainerAttributes(
+            id=c.id,
+            metadata=convert.container_metadata(c),
+            labels=c.labels,
+            annotations=c.annotations,
+        )
+        out = cri.ContainerStats(attributes=attributes, writable_layer=fs)
+        path = (c.spec.get("linux") or {}).get("cgroupsPath") or ""
+        if c.status == RUNNING and path:
+            raw = self.raw(path)
+            out.cpu.CopyFrom(self.cpu(c.id, raw))
+            out.memory.CopyFrom(self.memory(raw))
+        else:
+            self._cpu.pop(c.id, None)
+        return out
+
+    def pod(
+        self, sb: Container, members: list[Container], fs: dict[str, cri.FilesystemUsage | None]
+    ) -> cri.PodSandboxStats:
+        now = convert.now_ns()
+        containers = [self.container(c, fs.get(c.id)) for c in members]
+        linux = cri.LinuxPodSandboxStats(containers=containers)
+        if sb.status == RUNNING:
+            if sb.extra.get("own_cgroup_parent"):
+                raw = self.raw(sb.extra.get("cgroup_parent") or "")
+            else:
+                raw = self._sum([sb, *members])
+            linux.cpu.CopyFrom(self.cpu("pod:" + sb.id, raw))
+            linux.memory.CopyFrom(self.memory(raw))
+            linux.process.CopyFrom(
+                cri.ProcessUsage(timestamp=now, process_count=_u64(raw["pids_current"]))
+            )
+            linux.network.CopyFrom(self.network(sb, now))
+        return cri.PodSandboxStats(
+            attributes=cri.PodSandboxAttributes(
+                id=sb.id,
+                metadata=convert.pod_metadata(sb),
+                labels=sb.labels,
+                annotations=sb.annotations,
+            ),
+            linux=linux,
+        )
+
+    def _sum(self, records: list[Container]) -> dict[str, int | None]:
+        total: dict[str, int | None] = {"timestamp": convert.now_ns()}
+        for c in records:
+            path = (c.spec.get("linux") or {}).get("cgroupsPath") or ""
+            if c.status != RUNNING or not path:
+                continue
+            for key, value in self.raw(path).items():
+                if key == "timestamp" or value is None:
+                    continue
+                if key in ("memory_limit", "pids_limit"):
+                    continue  # limits do not add up to a pod limit
+                total[key] = (total.get(key) or 0) + value
+        for key in ("cpu_usage_ns", "memory_usage", "memory_working_set", "memory_rss",
+                    "page_faults", "major_page_faults", "pids_current", "memory_limit",
+                    "pids_limit"):  # fmt: skip
+            total.setdefault(key, None)
+        return total
+
+    @staticmethod
+    def network(sb: Container, now: int) -> cri.NetworkUsage:
+        out = cri.NetworkUsage(timestamp=now)
+        if not sb.extra.get("netns") or not sb.pid:
+            return out
+        for name, (rx, rx_err, tx, tx_err) in sorted(net_dev(sb.pid).items()):
+            if name == "lo":
+                continue
+            iface = cri.NetworkInterfaceUsage(
+                name=name,
+                rx_bytes=cri.UInt64Value(value=rx),
+                rx_errors=cri.UInt64Value(value=rx_err),
+                tx_bytes=cri.UInt64Value(value=tx),
+                tx_errors=cri.UInt64Value(value=tx_err),
+            )
+            if name == "eth0":
+                out.default_interface.CopyFrom(iface)
+            else:
+                out.interfaces.append(iface)
+        return out
+
+    def forget(self, live: set[str]) -> None:
+        for key in list(self._cpu):
+            if key.removeprefix("pod:") not in live:
+                del self._cpu[key]
+
+
+class StatsRpcs:
+    ctx: Context
+
+    def _collector(self) -> StatsCollector:
+        collector: StatsCollector | None = getattr(self, "_stats_collector", None)
+        if collector is None:
+            collector = StatsCollector(self.ctx)
+            self._stats_collector = collector
+        return collector
+
+    async def _writable(self, containers: list[Container]) -> dict[str, cri.FilesystemUsage | None]:
+        collector = self._collector()
+
+        def measure() -> dict[str, cri.FilesystemUsage | None]:
+            return {c.id: collector.writable(c) for c in containers}
+
+        return await asyncio.to_thread(measure)
+
+    async def ContainerStats(  # noqa: N802 (gRPC method names)
+        self, request: cri.ContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ContainerStatsResponse:
+        c = self.ctx.sandboxes.get_container(request.container_id)
+        fs = await self._writable([c])
+        return cri.ContainerStatsResponse(stats=self._collector().container(c, fs[c.id]))
+
+    async def _container_stats(self, f: cri.ContainerStatsFilter) -> list[cri.ContainerStats]:
+        found = [
+            c
+            for c in self.ctx.runtime.store.list(kind="container")
+            if c.sandbox_id
+            and c.status == RUNNING
+            and (not f.id or c.id.startswith(f.id))
+            and (not f.pod_sandbox_id or c.sandbox_id.startswith(f.pod_sandbox_id))
+            and convert.labels_match(c.labels, f.label_selector)
+        ]
+        fs = await self._writable(found)
+        collector = self._collector()
+        return [collector.container(c, fs[c.id]) for c in found]
+
+    async def ListContainerStats(  # noqa: N802
+        self, request: cri.ListContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ListContainerStatsResponse:
+        return cri.ListContainerStatsResponse(stats=await self._container_stats(request.filter))
+
+    async def StreamContainerStats(  # noqa: N802
+        self, request: cri.StreamContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cri.StreamContainerStatsResponse]:
+        stats = await self._container_stats(request.filter)
+        for i in range(0, max(len(stats), 1), STREAM_CHUNK):
+            yield cri.StreamContainerStatsResponse(container_stats=stats[i : i + STREAM_CHUNK])
+
+    async def _pod_stats(self, pods: list[Container]) -> list[cri.PodSandboxStats]:
+        store = self.ctx.runtime.store
+        members = {sb.id: store.list(kind="container", sandbox_id=sb.id) for sb in pods}
+        running = [c for group in members.values() for c in group if c.status == RUNNING]
+        fs = await self._writable(running)
+        collector = self._collector()
+        out = []
+        for sb in pods:
+            live = [c for c in members[sb.id] if c.status == RUNNING]
+            out.append(collector.pod(sb, live, fs))
+        return out
+
+    async def PodSandboxStats(  # noqa: N802
+        self, request: cri.PodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cri.PodSandboxStatsResponse:
+        sb = self.ctx.sandboxes.get(request.pod_sandbox_id)
+        [stats] = await self._pod_stats([sb])
+        return cri.PodSandboxStatsResponse(stats=stats)
+
+    async def _list_pod_stats(self, f: cri.PodSandboxStatsFilter) -> list[cri.PodSandboxStats]:
+        pods = [
+            sb
+            for sb in self.ctx.runtime.store.list(kind="sandbox")
+            if sb.status == RUNNING
+            and (not f.id or sb.id.startswith(f.id))
+            and convert.labels_match(sb.labels, f.label_selector)
+        ]
+        stats = await self._pod_stats(pods)
+        if not f.id and not f.label_selector:
+            with contextlib.suppress(Exception):
+                live = {c.id for c in self.ctx.runtime.store.list() if c.status == RUNNING}
+                self._collector().forget(live)
+        return stats
+
+    async def ListPodSandboxStats(  # noqa: N802
+        self, request: cri.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> cri.ListPodSandboxStatsResponse:
+        return cri.ListPodSandboxStatsResponse(stats=await self._list_pod_stats(request.filter))
+
+    async def StreamPodSandboxStats(  # noqa: N802
+        self, request: cri.StreamPodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cri.StreamPodSandboxStatsResponse]:
+        stats = await self._list_pod_stats(request.filter)
+        for i in range(0, max(len(stats), 1), STREAM_CHUNK):
+            yield cri.StreamPodSandboxStatsResponse(pod_sandbox_stats=stats[i : i + STREAM_CHUNK])

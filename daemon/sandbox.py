@@ -1,0 +1,542 @@
+"""Pod sandboxes: the namespaces, network and files a pod's containers share.
+
+    sandboxes = SandboxManager(ctx)            # after ctx.runtime exists
+    await sandboxes.recover()                  # at start, after runtime.recover()
+    sb = await sandboxes.run(config, "")       # RunPodSandbox
+    c = await sandboxes.create_container(sb.id, container_config)
+    await sandboxes.start_container(c.id)
+    await sandboxes.stop(sb.id); await sandboxes.remove(sb.id)
+
+A sandbox is a record of kind "sandbox" in the container store whose process
+is the pause container, run through the runtime manager like any other
+(its own shim, cgroup `<cgroup_parent>/<id>`). Around it the manager keeps:
+
+- the network namespace, pinned at `<state>/netns/<id>` and handed to the CNI
+  plugins (ADD on run, DEL on stop, DEL on any failure of run);
+- the pod's files under `<state>/pods/<id>`: hostname, hosts, resolv.conf and
+  shm/ (a 64 MiB tmpfs, the pod's /dev/shm), bind-mounted into containers.
+
+Stop kills every container and the pause process, tears the network down,
+removes the namespace and unmounts shm; it is idempotent, and so is remove.
+A pod is READY while its pause process runs and it has not been stopped.
+
+Names are reserved from the first moment of a create, so a second
+RunPodSandbox or CreateContainer with the same metadata gets ALREADY_EXISTS
+naming the first one's ID (the kubelet relies on this). Lifecycle calls on
+one pod, and on its containers' create and start, are serialised by a
+per-pod lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from pyctr.daemon import host, netns
+from pyctr.daemon.cni import CniManager, PortMapping
+from pyctr.daemon.containers import ID_RE, RUNNING, Container, new_id
+from pyctr.daemon.cri_spec import (
+    NODE,
+    SHM_SIZE,
+    TARGET,
+    ContainerPlan,
+    PodView,
+    container_options,
+    host_mount,
+    request_devices,
+    sandbox_options,
+)
+from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyctr.proto import cri_pb2 as cri
+from pyctr.snapshotter.mount import Mount as HostMount
+from pyctr.snapshotter.mount import unmount_all
+
+log = logging.getLogger("pyctr.sandbox")
+
+READY, NOTREADY = "ready", "notready"
+# Handlers pyctr answers to: the default and its explicit name.
+RUNTIME_HANDLERS = ("", "runc")
+_META_RE = re.compile(r"^[^\x00-\x1f/]{1,253}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]{0,62})$")
+_CGROUP_RE = re.compile(r"^(/[A-Za-z0-9_.:@\-]+)+$")
+_DNS_TOKEN = re.compile(r"^[^\s#;]{1,253}$")
+_HOSTS_BASE = """127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+fe00::0\tip6-localnet
+ff00::0\tip6-mcastprefix
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+"""
+
+
+def sandbox_name(md: cri.PodSandboxMetadata) -> str:
+    return f"{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
+
+
+def container_name(md: cri.ContainerMetadata, pod: dict[str, Any]) -> str:
+    return f"{md.name}_{pod['name']}_{pod['namespace']}_{pod['uid']}_{md.attempt}"
+
+
+def _check_meta(value: str, what: str, required: bool = True) -> str:
+    if (value or required) and not _META_RE.match(value):
+        raise InvalidArgument(f"{what} {value[:80]!r} is empty, too long or has bad characters")
+    return value
+
+
+def is_ready(sb: Container) -> bool:
+    return sb.status == RUNNING and sb.extra.get("state") == READY
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Atomically, world-readable (containers run as any user)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def resolv_conf(dns: cri.DNSConfig) -> str | None:
+    """resolv.conf text for DNSConfig, or None to copy the host's."""
+    if not (dns.servers or dns.searches or dns.options):
+        return None
+    for value in [*dns.servers, *dns.searches, *dns.options]:
+        if not _DNS_TOKEN.match(value):
+            raise InvalidArgument(f"DNS config value {value[:80]!r} is not a single word")
+    for server in dns.servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidArgument(f"DNS server {server!r} is not an IP address") from None
+    lines = []
+    if dns.searches:
+        lines.append("search " + " ".join(dns.searches))
+    lines += [f"nameserver {s}" for s in dns.servers]
+    if dns.options:
+        lines.append("options " + " ".join(dns.options))
+    return "\n".join(lines) + "\n"
+
+
+def _host_file(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read(1 << 20)
+    except OSError:
+        return ""
+
+
+class SandboxManager:
+    def __init__(self, ctx: Any) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.runtime = ctx.runtime
+        self.cni = CniManager(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, cfg.root_dir / "cni")
+        self.pods_dir = cfg.state_dir / "pods"
+        self.netns_dir = cfg.state_dir / "netns"
+        self.cgroup_v2 = host.cgroup_version() == "v2"
+        self.restrict_oom = cfg.cri.restrict_oom_score_adj
+        self.pod_cidr = ""  # from UpdateRuntimeConfig; informational
+        self._reserved: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def store(self) -> Any:
+        return self.runtime.store
+
+    # -- lookups ----------------------------------------------------------------
+
+    def _resolve(self, ref: str, kind: str) -> Container:
+        """By full ID or an ID prefix unique among records of `kind` (as crictl
+        users type them); NotFound otherwise, InvalidArgument if ambiguous."""
+        what = "pod sandbox" if kind == "sandbox" else "container"
+        if not ID_RE.match(ref or ""):
+            raise NotFound(f"{what} {ref[:80]!r} not found")
+        if len(ref) == 64:
+            with contextlib.suppress(NotFound):
+                c = self.store.get(ref)
+                if c.kind == kind and (kind == "sandbox" or c.sandbox_id):
+                    return c
+            raise NotFound(f"{what} {ref} not found")
+        found = [
+            c for c in self.store.list(kind=kind)
+            if c.id.startswith(ref) and (kind == "sandbox" or c.sandbox_id)
+        ]  # fmt: skip
+        if len(found) > 1:
+            raise InvalidArgument(f"{what} ID prefix {ref!r} is ambiguous")
+        if not found:
+            raise NotFound(f"{what} {ref!r} not found")
+        return found[0]
+
+    def get(self, ref: str) -> Container:
+        """A sandbox by ID or unique ID prefix; NotFound otherwise."""
+        return self._resolve(ref, "sandbox")
+
+    def get_container(self, ref: str) -> Container:
+        """A CRI container (one that belongs to a pod) by ID or unique prefix."""
+        return self._resolve(ref, "container")
+
+    def pod_dir(self, sid: str) -> Path:
+        return self.pods_dir / sid
+
+    def view(self, sb: Container) -> PodView:
+        ns = sb.extra.get("namespaces") or {}
+        md = sb.extra.get("metadata") or {}
+        return PodView(
+            id=sb.id,
+            pid=sb.pid,
+            netns=sb.extra.get("netns") or "",
+            host_network=ns.get("network") == NODE,
+            host_pid=ns.get("pid") == NODE,
+            host_ipc=ns.get("ipc") == NODE,
+            hostname=sb.extra.get("hostname") or "",
+            files=self.pod_dir(sb.id),
+            cgroup_parent=sb.extra.get("cgroup_parent") or "",
+            privileged=bool(sb.extra.get("privileged")),
+            name=md.get("name", ""),
+            namespace=md.get("namespace", ""),
+            uid=md.get("uid", ""),
+        )
+
+    def _lock(self, sid: str) -> asyncio.Lock:
+        return self._locks.setdefault(sid, asyncio.Lock())
+
+    @contextlib.contextmanager
+    def _reservation(self, name: str, cid: str) -> Iterator[None]:
+        """Hold `name` for `cid` while it is created; AlreadyExists if taken."""
+        holder = self._reserved.get(name)
+        if holder is None:
+            rows = self.ctx.db.query("SELECT id FROM containers WHERE name = ?", (name,))
+            holder = rows[0]["id"] if rows else None
+        if holder is not None:
+            raise AlreadyExists(f"name {name!r} is reserved for {holder}")
+        self._reserved[name] = cid
+        try:
+            yield
+        finally:
+            self._reserved.pop(name, None)
+
+    def _new_id(self) -> str:
+        cid = new_id()
+        while self.runtime.task_dir(cid).exists():  # a 16-hex prefix collision
+            cid = new_id()
+        return cid
+
+    def _require_ready(self, sb: Container) -> None:
+        if not is_ready(sb):
+            raise FailedPrecondition(f"pod sandbox {sb.id[:12]} is not ready")
+        # The pause PID must still be the pause process: compare the
+        # namespaces recorded at start, so a reused PID is never joined.
+        for kind, ino in (sb.extra.get("ns_inodes") or {}).items():
+            try:
+                same = os.stat(f"/proc/{sb.pid}/ns/{kind}").st_ino == ino
+            except OSError:
+                same = False
+            if not same:
+                raise FailedPrecondition(f"pod sandbox {sb.id[:12]}: its pause process is gone")
+
+    # -- run --------------------------------------------------------------------
+
+    async def run(self, config: cri.PodSandboxConfig, runtime_handler: str = "") -> Container:
+        md = config.metadata
+        for value, what in ((md.name, "name"), (md.namespace, "namespace"), (md.uid, "uid")):
+            _check_meta(value, f"pod sandbox metadata {what}")
+        if runtime_handler not in RUNTIME_HANDLERS:
+            raise InvalidArgument(f"unknown runtime handler {runtime_handler!r}")
+        ns = config.linux.security_context.namespace_options
+        if ns.pid == TARGET or ns.ipc == TARGET or ns.network == TARGET:
+            raise InvalidArgument("a pod sandbox cannot use namespace mode TARGET")
+        host_network = ns.network == NODE
+        hostname = config.hostname or (socket.gethostname() if host_network else md.name[:63])
+        if not _HOSTNAME_RE.match(hostname):
+            raise InvalidArgument(f"invalid hostname {hostname[:80]!r}")
+        cgroup_parent = config.linux.cgroup_parent or self.ctx.config.runtime.cgroup_parent
+        if not _CGROUP_RE.match(cgroup_parent) or "/../" in cgroup_parent + "/":
+            raise InvalidArgument(f"invalid cgroup_parent {cgroup_parent[:200]!r}")
+        resolv = resolv_conf(config.dns_config)
+        mappings = [
+            PortMapping(
+                p.container_port, p.host_port, cri.Protocol.Name(p.protocol).lower(), p.host_ip
+            )
+            for p in config.port_mappings
+        ]
+        if not host_network:
+            self.cni.network()  # NetworkNotReady before any work is done
+        sid = self._new_id()
+        with self._reservation(sandbox_name(md), sid):
+            image = await self._sandbox_image()
+            async with self._lock(sid), contextlib.AsyncExitStack() as undo:
+                files = self.pod_dir(sid)
+                files.mkdir(parents=True, mode=0o711)
+                undo.callback(self._remove_pod_dir, sid)
+                _write_file(files / "hostname", hostname + "\n")
+                _write_file(files / "resolv.conf", resolv or _host_file("/etc/resolv.conf"))
+                hosts = _host_file("/etc/hosts") if host_network else _HOSTS_BASE
+                _write_file(files / "hosts", hosts)
+                if ns.ipc != NODE:
+                    await asyncio.to_thread(self._mount_shm, files / "shm")
+                ips: list[str] = []
+                netns_path = ""
+                if not host_network:
+                    netns_path = str(self.netns_dir / sid)
+                    await asyncio.to_thread(netns.create, netns_path)
+                    undo.push_async_callback(self._release_network, sid, netns_path)
+                    net = await self.cni.setup(
+                        sid, netns_path, namespace=md.namespace, name=md.name, uid=md.uid,
+                        port_mappings=mappings,
+                    )  # fmt: skip
+                    ips = list(net.ips)
+                    if ips:
+                        _write_file(files / "hosts", _HOSTS_BASE + f"{ips[0]}\t{hostname}\n")
+                record = Container(
+                    id=sid,
+                    name=sandbox_name(md),
+                    kind="sandbox",
+                    image=self.ctx.config.cri.sandbox_image,
+                    labels=dict(config.labels),
+                    annotations=dict(config.annotations),
+                    extra={
+                        "metadata": {
+                            "name": md.name, "uid": md.uid, "namespace": md.namespace,
+                            "attempt": md.attempt,
+                        },
+                        "hostname": hostname,
+                        "log_directory": config.log_directory,
+                        "runtime_handler": runtime_handler,
+                        "namespaces": {"network": ns.network, "pid": ns.pid, "ipc": ns.ipc},
+                        "netns": netns_path,
+                        "ips": ips,
+                        "cgroup_parent": cgroup_parent,
+                        "own_cgroup_parent": bool(config.linux.cgroup_parent),
+                        "privileged": config.linux.security_context.privileged,
+                        "state": READY,
+                        "config": json_format.MessageToDict(config),
+                    },
+                )  # fmt: skip
+                view = self.view(record)
+
+                def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
+                    return sandbox_options(
+                        rootfs, image_config, config, view, restrict_oom=self.restrict_oom
+                    )
+
+                await self.runtime.create(record, build, image_ref=image.id)
+                undo.push_async_callback(self._remove_record, sid)
+                started = await self.runtime.start(sid)
+                inodes = {}
+                for kind in ("ipc", "uts", "pid", "net"):
+                    with contextlib.suppress(OSError):
+                        inodes[kind] = os.stat(f"/proc/{started.pid}/ns/{kind}").st_ino
+                extra = {**started.extra, "ns_inodes": inodes}
+                record = self.store.update(sid, extra=extra)
+                undo.pop_all()
+        log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], record.name, ips)
+        return record
+
+    async def _sandbox_image(self) -> Any:
+        images = self.ctx.images
+        ref = self.ctx.config.cri.sandbox_image
+        image = images.store.find(ref)
+        if image is None:
+            log.info("pulling sandbox image %s", ref)
+            image = await images.pull(ref)
+        return image
+
+    def _mount_shm(self, path: Path) -> None:
+        path.mkdir(mode=0o755)
+        options = ["nosuid", "nodev", "noexec", "mode=1777", f"size={SHM_SIZE // 1024}k"]
+        HostMount("tmpfs", "shm", options).mount(path)
+
+    def _unmount_shm(self, sid: str) -> None:
+        shm = self.pod_dir(sid) / "shm"
+        if os.path.ismount(shm):
+            unmount_all(shm)
+
+    def _remove_pod_dir(self, sid: str) -> None:
+        self._unmount_shm(sid)
+        path = self.pod_dir(sid)
+        if path.exists() and not os.path.ismount(path / "shm"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def _release_network(self, sid: str, netns_path: str) -> None:
+        await self.cni.teardown(sid, netns_path)
+        await asyncio.to_thread(netns.remove, netns_path)
+
+    async def _remove_record(self, sid: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.runtime.remove(sid, force=True)
+
+    # -- stop and remove ------------------------------------------------------
+
+    async def stop(self, ref: str) -> Container:
+        """Kill the pod's containers and pause process, release its network."""
+        sb = self.get(ref)
+        async with self._lock(sb.id):
+            containers = self.store.list(kind="container", sandbox_id=sb.id)
+            await asyncio.gather(
+                *(self.runtime.stop(c.id, 0) for c in containers if c.status == RUNNING)
+            )
+            sb = self.store.get(sb.id)
+            if sb.status == RUNNING:
+                sb = await self.runtime.stop(sb.id, 0)
+            netns_path = sb.extra.get("netns") or ""
+            if netns_path:
+                await self._release_network(sb.id, netns_path)
+            await asyncio.to_thread(self._unmount_shm, sb.id)
+            if sb.extra.get("state") != NOTREADY or sb.extra.get("ips"):
+                sb = self.store.update(sb.id, extra={**sb.extra, "state": NOTREADY, "ips": []})
+        return sb
+
+    async def remove(self, ref: str) -> None:
+        """Stop if needed, then remove the pod's containers and itself. Idempotent."""
+        try:
+            sb = self.get(ref)
+        except NotFound:
+            return
+        await self.stop(sb.id)
+        async with self._lock(sb.id):
+            for c in self.store.list(kind="container", sandbox_id=sb.id):
+                with contextlib.suppress(NotFound):
+                    await self.runtime.remove(c.id, force=True)
+            await self._remove_record(sb.id)
+            await asyncio.to_thread(self._remove_pod_dir, sb.id)
+        self._locks.pop(sb.id, None)
+        log.info("pod sandbox %s removed", sb.id[:12])
+
+    # -- containers ---------------------------------------------------------
+
+    async def create_container(self, sandbox_ref: str, config: cri.ContainerConfig) -> Container:
+        sb = self.get(sandbox_ref)
+        md = config.metadata
+        _check_meta(md.name, "container metadata name")
+        if not config.image.image:
+            raise InvalidArgument("container config has no image")
+        async with self._lock(sb.id):
+            sb = self.store.get(sb.id)
+            self._require_ready(sb)
+            pod = self.view(sb)
+            cid = self._new_id()
+            name = container_name(md, sb.extra["metadata"])
+            with self._reservation(name, cid):
+                image = self.ctx.images.store.get(config.image.image)
+                plan = await asyncio.to_thread(self._plan, config)
+                pid_mode = config.linux.security_context.namespace_options.pid
+                if pid_mode == TARGET:
+                    plan.target_pid = self._target_pid(sb, config)
+                log_path = ""
+                log_dir = sb.extra.get("log_directory") or ""
+                if log_dir and config.log_path:
+                    log_path = os.path.join(log_dir, config.log_path)
+                stop_signal = int(config.stop_signal)
+                record = Container(
+                    id=cid,
+                    name=name,
+                    kind="container",
+                    sandbox_id=sb.id,
+                    image=config.image.image,
+                    labels=dict(config.labels),
+                    annotations=dict(config.annotations),
+                    extra={
+                        "metadata": {"name": md.name, "attempt": md.attempt},
+                        "image_spec": {
+                            "image": config.image.image,
+                            "annotations": dict(config.image.annotations),
+                            "user_specified_image": config.image.user_specified_image,
+                            "runtime_handler": config.image.runtime_handler,
+                        },
+                        "image_ref": image.repo_digests[0] if image.repo_digests else image.id,
+                        "log_path": log_path,
+                        "tty": config.tty,
+                        "stdin": config.stdin,
+                        "stdin_once": config.stdin_once,
+                        "mounts": plan.status_mounts,
+                        "stop_signal": stop_signal,
+                        "image_stop_signal": "",
+                    },
+                )
+                cgroup_v2, restrict = self.cgroup_v2, self.restrict_oom
+
+                def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
+                    record.extra["image_stop_signal"] = str(image_config.get("StopSignal") or "")
+                    return container_options(
+                        rootfs, image_config, config, pod, plan,
+                        cid=cid, cgroup_v2=cgroup_v2, restrict_oom=restrict,
+                    )  # fmt: skip
+
+                return await self.runtime.create(record, build, image_ref=image.id)
+
+    def _plan(self, config: cri.ContainerConfig) -> ContainerPlan:
+        plan = ContainerPlan()
+        seen: set[str] = set()
+        for m in config.mounts:
+            mount, status = host_mount(m)
+            if mount.destination in seen:
+                raise InvalidArgument(f"two mounts at {mount.destination}")
+            seen.add(mount.destination)
+            plan.mounts.append(mount)
+            plan.status_mounts.append(status)
+        plan.devices, plan.device_rules = request_devices(list(config.devices))
+        return plan
+
+    def _target_pid(self, sb: Container, config: cri.ContainerConfig) -> int:
+        target_id = config.linux.security_context.namespace_options.target_id
+        try:
+            target = self.get_container(target_id)
+        except NotFound:
+            raise NotFound(f"target container {target_id!r} not found") from None
+        if target.sandbox_id != sb.id:
+            raise InvalidArgument(f"target container {target_id!r} is in another pod")
+        if target.status != RUNNING:
+            raise FailedPrecondition(f"target container {target_id[:12]} is not running")
+        return target.pid
+
+    async def start_container(self, ref: str) -> Container:
+        c = self.get_container(ref)
+        async with self._lock(c.sandbox_id):
+            try:
+                sb = self.store.get(c.sandbox_id)
+            except NotFound:
+                raise FailedPrecondition(f"the pod of container {c.id[:12]} is gone") from None
+            self._require_ready(sb)
+            return await self.runtime.start(c.id)
+
+    # -- restart ------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Release what pods that no record owns left: network, netns, files."""
+        known = {sb.id for sb in self.store.list(kind="sandbox")}
+        for pod_id in self.cni.cached_pods():
+            if pod_id not in known:
+                log.warning("releasing the network of unknown pod %s", pod_id[:12])
+                with contextlib.suppress(Exception):
+                    await self.cni.teardown(pod_id, str(self.netns_dir / pod_id))
+        for directory, cleanup in ((self.netns_dir, netns.remove), (self.pods_dir, None)):
+            if not directory.is_dir():
+                continue
+            for entry in directory.iterdir():
+                if entry.name in known:
+                    continue
+                log.warning("removing %s of an unknown pod", entry)
+                try:
+                    if cleanup is not None:
+                        await asyncio.to_thread(cleanup, entry)
+                    else:
+                        await asyncio.to_thread(self._remove_pod_dir, entry.name)
+                except Exception:
+                    log.exception("cleaning up %s", entry)
