@@ -706,6 +706,7 @@ class AttachStream:
                 head = await self._reader.readexactly(5)
                 payload = await self._reader.readexactly(int.from_bytes(head[1:], "big"))
             except (asyncio.IncompleteReadError, OSError):
+                self._writer.close()  # the shim hung up: nothing more to send either
                 return None
             kind = head[0]
             if kind == FRAME_STDOUT:
@@ -714,6 +715,7 @@ class AttachStream:
                 return "stderr", payload
             if kind == FRAME_EXIT:
                 self.exit = ExitRecord.from_dict(json.loads(payload))
+                self._writer.close()
                 return None
 
     def __aiter__(self) -> AttachStream:

@@ -80,6 +80,10 @@ class Cgroup:
             unified = None
         return cls(dirs, unified)
 
+    def exists(self) -> bool:
+        d = self.unified or self.dirs.get("memory")
+        return d is not None and os.path.isdir(d)
+
     # -- OOM ---------------------------------------------------------------
 
     def oom_kills(self) -> int:

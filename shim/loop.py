@@ -85,6 +85,8 @@ class Loop:
         if mask == old:
             return
         if not mask:
+            if old is None:
+                return
             del self._registered[fd]
             try:
                 self._epoll.unregister(fd)

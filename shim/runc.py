@@ -6,14 +6,15 @@ until runc exits, bounded by a timeout. Container output meanwhile waits in
 its pipe. runc's own messages go to a JSON log file (`--log-format json`);
 the last error-level entry written during the call becomes the error text.
 
-Processes are started with os.posix_spawn: the subprocess module would cost
-~0.5 MB per shim, and posix_spawn lets every fd the child gets be named.
+Processes are started with fork + execve (see spawn): the subprocess module
+would cost ~0.5 MB per shim.
 """
 
 # ruff: noqa: SIM105  (contextlib.suppress would import contextlib: memory per shim)
 
 from __future__ import annotations
 
+import _signal
 import _socket
 import os
 import select
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # typing and collections.abc cost memory at run time
 
 # Signals Python ignores that the container must see with default handling:
 # an ignored disposition survives execve into runc and on into the container.
+# (The SIGCHLD handler needs no reset: execve resets handled signals.)
 _SIGDEF = (13, 25)  # SIGPIPE, SIGXFSZ
 SIGKILL = 9
 DEFAULT_TIMEOUT = 60.0
@@ -60,24 +62,37 @@ def find_executable(name: str) -> str:
     raise RuncError(f"{name}: executable not found in PATH", "invalid_argument")
 
 
-def spawn(
-    argv: Sequence[str], stdin: int, stdout: int, stderr: int, keep_fds: Sequence[int] = ()
-) -> int:
-    """Start argv with the given fds as 0, 1, 2; every other fd is close-on-exec."""
-    actions = [
-        (os.POSIX_SPAWN_DUP2, stdin, 0),
-        (os.POSIX_SPAWN_DUP2, stdout, 1),
-        (os.POSIX_SPAWN_DUP2, stderr, 2),
-    ]
-    for fd in keep_fds:
-        os.set_inheritable(fd, True)
+def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int) -> int:
+    """Start argv with the given fds as 0, 1, 2; every other fd is close-on-exec.
+
+    fork + execve by hand: os.posix_spawn (glibc) leaves glibc's internal
+    signals (32, 33) ignored in the new program, and runc hands an ignored
+    disposition on to the container's processes.
+    """
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only execs
+        try:
+            os.dup2(stdin, 0)
+            os.dup2(stdout, 1)
+            os.dup2(stderr, 2)
+            for signum in _SIGDEF:
+                _signal.signal(signum, _signal.SIG_DFL)
+            os.execve(argv[0], list(argv), os.environ)
+        except OSError as exc:
+            os.write(err_w, b"%d" % (exc.errno or 0))
+        finally:
+            os._exit(127)
+    os.close(err_w)
     try:
-        return os.posix_spawn(
-            argv[0], list(argv), os.environ, file_actions=actions, setsigdef=_SIGDEF
-        )
+        failed = os.read(err_r, 32)  # EOF (b"") once execve closed the pipe
     finally:
-        for fd in keep_fds:
-            os.set_inheritable(fd, False)
+        os.close(err_r)
+    if failed:
+        os.waitpid(pid, 0)
+        code = int(failed)
+        raise OSError(code, os.strerror(code))
+    return pid
 
 
 def wait_pid(pid: int, timeout: float) -> int:

@@ -519,8 +519,12 @@ class Shim:
         assert proc.exit is not None
         self.log.flush(b"stdout")
         self.log.flush(b"stderr")
-        if self.cgroup is not None and self.cgroup.oom_kills() > self._oom_base:
-            proc.exit["oom_killed"] = True
+        if self.cgroup is not None:
+            count = self.cgroup.oom_kills()
+            proc.exit["oom_killed"] = count > self._oom_base
+            # An OOM kill not announced yet (no eventfd on cgroup v2, or the
+            # exit was handled first) still gets its event, before the exit's.
+            self._oom_check(count)
         self._close_oom_fd()
         write_exit_record(self._path("exit.json"), {"id": self.opts.id, **proc.exit})
         if self.status != DELETED:
@@ -539,7 +543,15 @@ class Shim:
         except OSError:
             self._close_oom_fd()
             return
-        count = self.cgroup.oom_kills() if self.cgroup else 0
+        cgroup = self.cgroup
+        if cgroup is None or not cgroup.exists():
+            return  # the eventfd also fires when the cgroup is removed
+        # The kernel signals the OOM before its killer counts the kill, so
+        # the counter may still show the old number: the signal is the event.
+        count = max(cgroup.oom_kills(), self._oom_seen + 1)
+        self._oom_check(count)
+
+    def _oom_check(self, count: int) -> None:
         if count > self._oom_seen:
             self._oom_seen = count
             self._event({"event": "oom", "oom_kills": count - self._oom_base})

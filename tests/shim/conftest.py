@@ -140,12 +140,22 @@ class Harness:
                 with contextlib.suppress(OSError):
                     d.rmdir()
 
+    def shim_errors(self) -> list[str]:
+        """Lines where a shim's loop caught an exception: always a bug."""
+        out = []
+        for opts in self.options:
+            with contextlib.suppress(FileNotFoundError):
+                text = (Path(opts.state_dir) / "shim.log").read_text()
+                out += [line for line in text.splitlines() if "] error: " in line]
+        return out
+
 
 @pytest.fixture
 async def harness() -> Any:
     h = Harness(new_base("shim"))
     try:
         yield h
+        assert h.shim_errors() == []
     finally:
         await h.close_clients()
         h.cleanup()
