@@ -71,6 +71,12 @@ class Streaming:
     address: str = _opt("127.0.0.1", "address the exec/attach/port-forward server binds")
     port: int = _opt(0, "port of the streaming server; 0 picks a free one")
     token_ttl: float = _opt(60.0, "seconds a streaming URL stays valid")
+    stream_creation_timeout: float = _opt(
+        30.0, "seconds a client has, once connected, to open all its streams"
+    )
+    idle_timeout: float = _opt(
+        14400.0, "seconds a streaming connection may stay idle before it is closed (0: never)"
+    )
 
 
 @dataclass
