@@ -43,6 +43,7 @@ SOCKET_NAME = "shim.sock"
 EXIT_RECORD = "exit.json"
 SHIM_LOG = "shim.log"
 _READ_LIMIT = 96 << 20  # a captured exec's output arrives base64'd in one line
+_STREAM_LIMIT = 256 << 10
 
 FRAME_STDIN, FRAME_STDOUT, FRAME_STDERR, FRAME_EXIT = 0, 1, 2, 3
 FRAME_CLOSE_STDIN, FRAME_RESIZE = 4, 5
@@ -656,9 +657,11 @@ def _event(d: dict[str, Any]) -> ShimEvent:
     return ShimEvent(kind, d.get("id", ""), d.get("timestamp", 0), d.get("exec_id"), exit)
 
 
-async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open(
+    path: str, limit: int = _READ_LIMIT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        return await asyncio.open_unix_connection(path, limit=_READ_LIMIT)
+        return await asyncio.open_unix_connection(path, limit=limit)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
             raise errors.Unavailable(f"shim at {path} is not running") from None
@@ -683,7 +686,9 @@ class AttachStream:
 
     @classmethod
     async def open(cls, path: str, op: str, **args: Any) -> AttachStream:
-        reader, writer = await _open(path)
+        # A small buffer, so a reader that falls behind slows the process
+        # (exec) instead of piling its output up in the daemon.
+        reader, writer = await _open(path, _STREAM_LIMIT)
         request = {"v": PROTOCOL_VERSION, "id": 0, "op": op}
         request.update({k: v for k, v in args.items() if v is not None})
         try:

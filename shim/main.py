@@ -29,6 +29,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pyctr.shim.options import Options
+    from pyctr.shim.service import Shim
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -104,22 +105,23 @@ def serve(opts: Options) -> int:
     _write_file(os.path.join(opts.state, "shim.pid"), b"%d\n" % os.getpid())
     loop = Loop()
     loop.on_error = lambda exc: log(f"error: {type(exc).__name__}: {exc}")
-    shim = Shim(opts, loop)
+    shim: Shim | None = None
     try:
+        shim = Shim(opts, loop, log)
         pid = shim.create()
         shim.serve()
     except (RuncError, OSError) as exc:
-        code = getattr(exc, "code", "runc_failed") if isinstance(exc, RuncError) else "internal"
+        code = exc.code if isinstance(exc, RuncError) else "internal"
         log(f"create failed: {exc}")
         # Clean up before reporting, so the daemon never sees leftovers.
-        _cleanup_failed(shim)
+        if shim is not None:
+            _cleanup_failed(shim)
+        _unlink(os.path.join(opts.state, "shim.pid"))
         _report(ready_fd, {"ok": False, "error": {"code": code, "message": str(exc)}})
         return 1
     log(f"container {opts.id} created, pid {pid}")
-    _report(
-        ready_fd,
-        {"ok": True, "pid": pid, "shim_pid": os.getpid(), "socket": shim.server.path},  # type: ignore[union-attr]
-    )
+    socket = os.path.join(opts.state, "shim.sock")
+    _report(ready_fd, {"ok": True, "pid": pid, "shim_pid": os.getpid(), "socket": socket})
     loop.run()
     shim.close()
     _unlink(os.path.join(opts.state, "shim.pid"))
@@ -127,11 +129,8 @@ def serve(opts: Options) -> int:
     return 0
 
 
-def _cleanup_failed(shim: object) -> None:
+def _cleanup_failed(shim: Shim) -> None:
     """A failed create may leave runc state behind (a timeout, say): remove it."""
-    from pyctr.shim.service import Shim
-
-    assert isinstance(shim, Shim)
     try:
         shim.runc.run("delete", "--force", shim.opts.id, check=False, timeout=10.0)
     except Exception as exc:
@@ -140,7 +139,6 @@ def _cleanup_failed(shim: object) -> None:
         shim.server.close()
     shim.close()
     shim.reap()
-    _unlink(os.path.join(shim.state_dir, "shim.pid"))
 
 
 def _report(fd: int, message: dict[str, object]) -> None:

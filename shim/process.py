@@ -130,7 +130,14 @@ class ExecProc(Proc):
             if conn.backlog > ATTACH_HIGH_WATER:
                 self.stdio.pause_output()
 
+        def detach() -> None:
+            # Output nobody reads any more must not keep the process blocked.
+            if forward in self.stdio.sinks:
+                self.stdio.sinks.remove(forward)
+            self.stdio.resume_output()
+
         conn.on_drained = self.stdio.resume_output
+        conn.on_close.append(detach)
         self.stdio.sinks.append(forward)
 
     def capture_result(self) -> dict[str, Any]:

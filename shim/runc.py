@@ -54,7 +54,10 @@ class Result:
 
 def find_executable(name: str) -> str:
     if "/" in name:
-        return os.path.abspath(name)
+        path = os.path.abspath(name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+        raise RuncError(f"{name}: not an executable file", "invalid_argument")
     for d in os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin").split(":"):
         path = os.path.join(d or ".", name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
@@ -129,13 +132,16 @@ def _read_all(fd: int) -> bytes:
 class Runc:
     """runc with the global flags of one shim: binary, state root, JSON log."""
 
-    def __init__(self, binary: str, root: str | None, log_path: str) -> None:
+    def __init__(self, binary: str, root: str | None, log_path: str, debug: bool = False) -> None:
         self.binary = find_executable(binary)
         self.root = root
         self.log_path = log_path
+        self.debug = debug
 
     def argv(self, *args: str) -> list[str]:
         argv = [self.binary, "--log", self.log_path, "--log-format", "json"]
+        if self.debug:
+            argv.append("--debug")
         if self.root:
             argv += ["--root", self.root]
         return argv + list(args)

@@ -91,11 +91,12 @@ class Shim:
         ]
     )
 
-    def __init__(self, opts: Options, loop: Loop) -> None:
+    def __init__(self, opts: Options, loop: Loop, log: Callable[[str], None]) -> None:
         self.opts = opts
         self.loop = loop
+        self.log_line = log
         self.state_dir = opts.state
-        self.runc = Runc(opts.runc, opts.runc_root, self._path("runc.log"))
+        self.runc = Runc(opts.runc, opts.runc_root, self._path("runc.log"), opts.debug)
         self.log = CriLogWriter(opts.log_path)
         self.status = CREATED
         self.init: Proc | None = None
@@ -177,6 +178,8 @@ class Shim:
             raise ShimError("unimplemented", f"unknown op {op!r}")
         if self._exiting and op not in ("hello", "state", "wait"):
             raise ShimError("unavailable", "shim is shutting down")
+        if self.opts.debug:
+            self.log_line(f"op {op} id={req.get('id')!r}")
         try:
             result: Result = getattr(self, "op_" + op)(conn, req)
             return result

@@ -94,6 +94,10 @@ async def test_bad_arguments_are_refused(harness: Harness) -> None:
     bad = ShimOptions(**{**opts.__dict__, "bundle": str(harness.base / "nowhere")})
     with pytest.raises(errors.InvalidArgument, match="config.json"):
         await spawn_shim(bad)
+    bad = ShimOptions(**{**opts.__dict__, "runc": "/nonexistent/runc"})
+    with pytest.raises(errors.InvalidArgument, match="/nonexistent/runc"):
+        await spawn_shim(bad)
+    assert read_shim_pid(opts.state_dir) is None
 
 
 async def test_sigterm_kill_leaves_signal_in_exit_record(harness: Harness) -> None:

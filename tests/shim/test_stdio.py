@@ -109,6 +109,23 @@ async def test_exec_streams_stdin_and_output(harness: Harness) -> None:
     await client.delete(force=True)
 
 
+async def test_exec_client_that_stops_reading(harness: Harness) -> None:
+    client = await harness.spawn("execslow", ["sleep", "100"])
+    await client.start()
+    stream = await client.exec("flood", proc("sh", "-c", "yes | head -c 20000000; exit 0"))
+    await asyncio.sleep(0.5)
+    # Not reading: the shim stops reading the process (it blocks, nothing is lost)...
+    execs = {e.exec_id: e for e in (await client.state()).execs}
+    assert execs["flood"].running
+    first = await stream.read()
+    assert first is not None and first[1].startswith(b"y\n")
+    # ...and once the client is gone, its output no longer holds the process.
+    await stream.close()
+    exit = await asyncio.wait_for(client.wait(exec_id="flood"), 15)
+    assert exit.exit_status == 0
+    await client.delete(force=True)
+
+
 async def test_exec_detached_and_kill(harness: Harness) -> None:
     client = await harness.spawn("execkill", ["sleep", "100"])
     await client.start()
