@@ -30,3 +30,4 @@ class Context:
     runtime: Any = None
     events: Any = None
     sandboxes: Any = None  # CRI pod sandboxes (pyctr.daemon.sandbox.SandboxManager)
+    streaming: Any = None  # exec/attach/port-forward URLs (pyctr.daemon.streaming.server)

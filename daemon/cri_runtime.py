@@ -17,6 +17,7 @@ from pyctr.daemon.context import Context
 from pyctr.daemon.cri_containers import ContainerRpcs
 from pyctr.daemon.cri_sandbox import SandboxRpcs
 from pyctr.daemon.cri_stats import StatsRpcs
+from pyctr.daemon.cri_streaming import StreamingRpcs
 from pyctr.daemon.version import CRI_API_VERSION, RUNTIME_NAME, VERSION
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
@@ -68,7 +69,12 @@ class RuntimeRpcs:
 
 # Mixins, one line each; earlier ones win where names overlap (none should).
 class RuntimeService(
-    RuntimeRpcs, SandboxRpcs, ContainerRpcs, StatsRpcs, cri_pb2_grpc.RuntimeServiceServicer
+    RuntimeRpcs,
+    SandboxRpcs,
+    ContainerRpcs,
+    StatsRpcs,
+    StreamingRpcs,
+    cri_pb2_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

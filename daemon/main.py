@@ -127,6 +127,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon.metadata import Metadata
     from pyctr.daemon.runtime import RuntimeManager
     from pyctr.daemon.sandbox import SandboxManager
+    from pyctr.daemon.streaming import start_streaming
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
     # Everything pyctrd creates is private unless it says otherwise.
@@ -146,6 +147,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         await runtime.recover()
         ctx.sandboxes = SandboxManager(ctx)
         await ctx.sandboxes.recover()
+        streaming = await start_streaming(ctx)
         server = server_mod.build(ctx)
         server.add_insecure_port(f"unix:{address}")
         stop = asyncio.Event()
@@ -178,6 +180,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
             log.info("received %s, shutting down", signal.Signals(received[0]).name)
         finally:
             await server.stop(SHUTDOWN_GRACE)
+            await streaming.stop()
             await runtime.close()
             await images.close()
             address.unlink(missing_ok=True)
