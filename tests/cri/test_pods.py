@@ -211,9 +211,7 @@ def test_pid_namespace_modes(cri_env: CriEnv, kube: Kubelet) -> None:
 
     host_pod = kube.pod_config("hostpid", pid=cri.NODE)
     host_id = kube.run_pod(host_pod)
-    node_sc = cri.LinuxContainerSecurityContext(
-        namespace_options=cri.NamespaceOption(pid=cri.NODE)
-    )
+    node_sc = cri.LinuxContainerSecurityContext(namespace_options=cri.NamespaceOption(pid=cri.NODE))
     h = kube.run(host_id, host_pod, "h", security=node_sc)
     # The host's PID namespace: the daemon's own PID is visible.
     assert kube.sh(h, f"{BB} cat /proc/{cri_env.daemon.pid}/comm").strip().startswith("python")
