@@ -83,6 +83,76 @@ class StreamState:
     recv_window: int = 65536
 
 
+class Encoder:
+    """Frames as the spec lays them out; one deflate context for the session."""
+
+    def __init__(self) -> None:
+        self.deflate = zlib.compressobj(9, zdict=SPEC_DICTIONARY)
+
+    def control(self, ftype: int, flags: int, payload: bytes, version: int = 3) -> bytes:
+        return struct.pack(">HHI", 0x8000 | version, ftype, flags << 24 | len(payload)) + payload
+
+    def block(self, headers: dict[str, str]) -> bytes:
+        raw = struct.pack(">I", len(headers))
+        for name, value in headers.items():
+            n, v = name.lower().encode(), value.encode()
+            raw += struct.pack(">I", len(n)) + n + struct.pack(">I", len(v)) + v
+        return self.deflate.compress(raw) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
+
+    def syn_stream(self, sid: int, headers: dict[str, str], flags: int = 0) -> bytes:
+        payload = struct.pack(">IIBB", sid, 0, 0, 0) + self.block(headers)
+        return self.control(SYN_STREAM, flags, payload)
+
+    def data(self, sid: int, payload: bytes, flags: int = 0) -> bytes:
+        return struct.pack(">II", sid, flags << 24 | len(payload)) + payload
+
+
+class Decoder:
+    """Frames out of a byte stream; one inflate context for the session."""
+
+    def __init__(self) -> None:
+        self.inflate = zlib.decompressobj(zdict=SPEC_DICTIONARY)
+        self.buf = b""
+
+    def headers(self, block: bytes) -> dict[str, str]:
+        raw = self.inflate.decompress(block)
+        (count,) = struct.unpack_from(">I", raw)
+        pos, out = 4, {}
+        for _ in range(count):
+            (n,) = struct.unpack_from(">I", raw, pos)
+            name = raw[pos + 4 : pos + 4 + n].decode()
+            pos += 4 + n
+            (m,) = struct.unpack_from(">I", raw, pos)
+            out[name] = raw[pos + 4 : pos + 4 + m].decode()
+            pos += 4 + m
+        return out
+
+    def frame(self, first: int, flags: int, payload: bytes) -> Frame:
+        if not first & 0x80000000:
+            return Frame(False, 0, flags, first & 0x7FFFFFFF, payload)
+        assert first >> 16 == 0x8003, f"bad control frame version {first >> 16:#x}"
+        ftype, sid, headers = first & 0xFFFF, 0, None
+        if ftype in (SYN_STREAM, SYN_REPLY, HEADERS, RST_STREAM, WINDOW_UPDATE):
+            sid = struct.unpack_from(">I", payload)[0] & 0x7FFFFFFF
+        if ftype in (SYN_REPLY, HEADERS):
+            headers = self.headers(payload[4:])
+        elif ftype == SYN_STREAM:
+            headers = self.headers(payload[10:])
+        return Frame(True, ftype, flags, sid, payload, headers)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buf += data
+        frames = []
+        while len(self.buf) >= 8:
+            first, second = struct.unpack_from(">II", self.buf)
+            length = second & 0xFFFFFF
+            if len(self.buf) < 8 + length:
+                break
+            frames.append(self.frame(first, second >> 24, self.buf[8 : 8 + length]))
+            self.buf = self.buf[8 + length :]
+        return frames
+
+
 class HttpError(Exception):
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
         super().__init__(f"HTTP {status}: {body.decode(errors='replace')}")
@@ -111,8 +181,7 @@ class SpdyClient:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flow_control: int = 0
     ):
         self.reader, self.writer = reader, writer
-        self.deflate = zlib.compressobj(9, zdict=SPEC_DICTIONARY)
-        self.inflate = zlib.decompressobj(zdict=SPEC_DICTIONARY)
+        self.enc, self.dec = Encoder(), Decoder()
         self.next_id = 1
         self.streams: dict[int, StreamState] = {}
         self.frames: list[Frame] = []  # everything the server sent, in order
@@ -146,21 +215,13 @@ class SpdyClient:
     # -- writing ---------------------------------------------------------------
 
     def _control(self, ftype: int, flags: int, payload: bytes) -> None:
-        self.writer.write(struct.pack(">HHI", 0x8003, ftype, flags << 24 | len(payload)) + payload)
-
-    def _block(self, headers: dict[str, str]) -> bytes:
-        raw = struct.pack(">I", len(headers))
-        for name, value in headers.items():
-            n, v = name.lower().encode(), value.encode()
-            raw += struct.pack(">I", len(n)) + n + struct.pack(">I", len(v)) + v
-        return self.deflate.compress(raw) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.writer.write(self.enc.control(ftype, flags, payload))
 
     async def open_stream(self, headers: dict[str, str], *, wait_reply: bool = True) -> int:
         sid = self.next_id
         self.next_id += 2
         self.streams[sid] = StreamState(recv_window=self.flow_control or 65536)
-        payload = struct.pack(">IIBB", sid, 0, 0, 0) + self._block(headers)
-        self._control(SYN_STREAM, 0, payload)
+        self.writer.write(self.enc.syn_stream(sid, headers))
         await self.writer.drain()
         if wait_reply:  # client-go waits for each SYN_REPLY
             st = self.streams[sid]
@@ -174,7 +235,7 @@ class SpdyClient:
             chunk = data[i : i + 16384]
             last = i + 16384 >= len(data)
             flags = FIN if fin and last else 0
-            self.writer.write(struct.pack(">II", sid, flags << 24 | len(chunk)) + chunk)
+            self.writer.write(self.enc.data(sid, chunk, flags))
             await self.writer.drain()
 
     async def close_stream(self, sid: int) -> None:
@@ -198,13 +259,12 @@ class SpdyClient:
             while True:
                 head = await self.reader.readexactly(8)
                 first, second = struct.unpack(">II", head)
-                flags, length = second >> 24, second & 0xFFFFFF
-                payload = await self.reader.readexactly(length)
-                if first & 0x80000000:
-                    assert first >> 16 == 0x8003, f"bad version in {head!r}"
-                    self._on_control(first & 0xFFFF, flags, payload)
+                payload = await self.reader.readexactly(second & 0xFFFFFF)
+                frame = self.dec.frame(first, second >> 24, payload)
+                if frame.control:
+                    self._on_control(frame)
                 else:
-                    self._on_data(first & 0x7FFFFFFF, flags, payload)
+                    self._on_data(frame.stream_id, frame.flags, payload)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -213,43 +273,21 @@ class SpdyClient:
                 st.changed.set()
                 st.replied.set()
 
-    def _headers(self, block: bytes) -> dict[str, str]:
-        raw = self.inflate.decompress(block)
-        (count,) = struct.unpack_from(">I", raw)
-        pos, out = 4, {}
-        for _ in range(count):
-            (n,) = struct.unpack_from(">I", raw, pos)
-            name = raw[pos + 4 : pos + 4 + n].decode()
-            pos += 4 + n
-            (m,) = struct.unpack_from(">I", raw, pos)
-            out[name] = raw[pos + 4 : pos + 4 + m].decode()
-            pos += 4 + m
-        return out
-
-    def _on_control(self, ftype: int, flags: int, payload: bytes) -> None:
-        sid = 0
-        headers = None
-        if ftype in (SYN_REPLY, HEADERS, RST_STREAM, WINDOW_UPDATE):
-            (sid,) = struct.unpack_from(">I", payload)
-            sid &= 0x7FFFFFFF
-        if ftype in (SYN_REPLY, HEADERS):
-            headers = self._headers(payload[4:])
-        elif ftype == SYN_STREAM:
-            headers = self._headers(payload[10:])
-        self.frames.append(Frame(True, ftype, flags, sid, payload, headers))
-        st = self.streams.get(sid)
-        if ftype == SYN_REPLY and st is not None:
+    def _on_control(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        st = self.streams.get(frame.stream_id)
+        if frame.type == SYN_REPLY and st is not None:
             st.replied.set()
-            if flags & FIN:
+            if frame.flags & FIN:
                 st.fin = True
-        elif ftype == RST_STREAM and st is not None:
-            st.reset = struct.unpack_from(">I", payload, 4)[0]
+        elif frame.type == RST_STREAM and st is not None:
+            st.reset = struct.unpack_from(">I", frame.payload, 4)[0]
             st.replied.set()
             st.changed.set()
-        elif ftype == PING:
-            self._control(PING, 0, payload)  # answer the server's pings
-        elif ftype == GOAWAY:
-            self.goaway = self.frames[-1]
+        elif frame.type == PING:
+            self._control(PING, 0, frame.payload)  # answer the server's pings
+        elif frame.type == GOAWAY:
+            self.goaway = frame
 
     def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
         self.frames.append(Frame(False, 0, flags, sid, payload))
