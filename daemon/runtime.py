@@ -284,8 +284,13 @@ class RuntimeManager:
                 # The event stream ended without an exit: the shim died.
                 record = shim_client.read_exit_record(self.task_dir(cid))
                 if record is None:
-                    record = await self._cleanup_dead_shim(cid)
                     message = "the container's shim died; its exit status is unknown"
+                    try:
+                        record = await self._cleanup_dead_shim(cid)
+                    except Exception as e:  # runc gone or failing: still record the exit
+                        log.error("cleaning up after the shim of %s: %s", cid[:12], e)
+                        record = ExitRecord(pid=0, exit_status=255, signal=0, exited_at=0)
+                        message += f"; cleanup failed: {e}"
             if not already:
                 c = self.store.update(
                     cid, status=EXITED, exit_code=record.exit_status,
@@ -532,6 +537,17 @@ class RuntimeManager:
 
     async def _remove_orphans(self, records: list[Container]) -> None:
         ids = {c.id for c in records}
+        # Task dirs no record owns: a create interrupted by a crash (or a
+        # lost record): stop a shim still serving there, then remove it all.
+        prefixes = {cid[:16] for cid in ids}
+        for entry in self.tasks_dir.iterdir():
+            if entry.name not in prefixes:
+                log.warning("removing orphaned task dir %s", entry)
+                await _stop_orphan_shim(entry)
+                rootfs = entry / "rootfs"
+                if rootfs.exists():
+                    await asyncio.to_thread(_unmount, rootfs)
+                _remove_task_dir(entry)
         runc_root = Path(self.runc_root)
         if runc_root.is_dir():
             for entry in runc_root.iterdir():
@@ -542,15 +558,6 @@ class RuntimeManager:
                             self.tasks_dir / ".none", entry.name, runc=self._runc(),
                             runc_root=self.runc_root,
                         )  # fmt: skip
-        # Task dirs no record owns: a create interrupted by a crash.
-        prefixes = {cid[:16] for cid in ids}
-        for entry in self.tasks_dir.iterdir():
-            if entry.name not in prefixes:
-                log.warning("removing orphaned task dir %s", entry)
-                rootfs = entry / "rootfs"
-                if rootfs.exists():
-                    await asyncio.to_thread(_unmount, rootfs)
-                _remove_task_dir(entry)
         snapshots = {c.snapshot for c in records}
         await asyncio.to_thread(self._remove_orphan_snapshots, snapshots)
         if self.logs_dir.is_dir():
@@ -580,6 +587,25 @@ class RuntimeManager:
         self._tasks.clear()
         for bg in list(self._background):
             bg.cancel()
+
+
+async def _stop_orphan_shim(task_dir: Path) -> None:
+    """Make a shim nobody owns delete its container and exit (or kill it)."""
+    try:
+        shim = await shim_client.connect_shim(task_dir, timeout=2.0)
+    except Exception:
+        shim = None
+    if shim is not None:
+        try:
+            with contextlib.suppress(Exception):
+                await shim.shutdown(force=True)
+        finally:
+            await shim.close()
+        return
+    pid = shim_client.read_shim_pid(task_dir)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signals.SIGKILL)
 
 
 def _set_console_size(process: dict[str, Any], size: dict[str, int] | None) -> None:

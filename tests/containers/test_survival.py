@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_a_shim_killed_with_sigkill_is_reported_and_cleaned_up(ctr: Ctr) -> None
     wait_for(lambda: not _alive(c.pid), what="the container's process to be killed")
     assert not (ctr.d.state / "runc" / c.id).exists()
     assert not cgroup.exists()
-    assert not os.path.ismount(task / "rootfs")
+    wait_for(lambda: not os.path.ismount(task / "rootfs"), what="the rootfs to be unmounted")
     with pytest.raises(grpc.RpcError) as err:
         ctr.api.Exec(iter([pb.ContainerExecRequest(start=pb.ContainerExecStart(
             container="victim", args=["true"]))])).next()  # fmt: skip
@@ -129,3 +130,33 @@ def test_a_shim_killed_while_the_daemon_is_down(ctr: Ctr) -> None:
     assert info.status == "exited" and info.reason == "Unknown"
     wait_for(lambda: not _alive(c.pid), what="the container's process to be killed")
     ctr.remove("orphan", force=False)
+
+
+def _active_snapshots(ctr: Ctr) -> set[str]:
+    db = sqlite3.connect(ctr.d.root / "meta.db")
+    try:
+        rows = db.execute("SELECT key FROM snap_snapshots WHERE kind = 'active'").fetchall()
+    finally:
+        db.close()
+    return {key for (key,) in rows}
+
+
+def test_restart_removes_what_no_record_owns(ctr: Ctr) -> None:
+    running = ctr.run(["sleep", "600"], name="lost-running")
+    created = ctr.create(["true"], name="lost-created")
+    shim_pid = int((_task_dir(ctr, running.id) / "shim.pid").read_text())
+    assert _active_snapshots(ctr) == {running.id, created.id}
+    ctr.d.kill()
+    ctr.reconnect()
+    # The records are lost, as after a crash before their transaction committed.
+    db = sqlite3.connect(ctr.d.root / "meta.db")
+    with db:
+        db.execute("DELETE FROM containers")
+    db.close()
+    ctr.d.start()
+    assert ctr.list() == []
+    wait_for(lambda: not _alive(shim_pid) and not _alive(running.pid), what="the orphan to stop")
+    assert not list((ctr.d.state / "tasks").iterdir())
+    assert not list((ctr.d.state / "runc").iterdir())
+    assert _active_snapshots(ctr) == set()
+    assert not list((ctr.d.root / "logs").iterdir())
