@@ -11,15 +11,20 @@ the state gets a failed_precondition error instead of a runc error.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from pyctr.shim import jsonlite
 from pyctr.shim.cgroups import Cgroup
 from pyctr.shim.crilog import CriLogWriter
 from pyctr.shim.loop import Loop
-from pyctr.shim.process import ATTACH_DROP, DEFAULT_MAX_OUTPUT, ExecProc, Proc
-from pyctr.shim.runc import ConsoleSocket, Runc, RuncError
+from pyctr.shim.process import (
+    ATTACH_DROP,
+    DEFAULT_MAX_OUTPUT,
+    ExecProc,
+    Proc,
+    write_exit_record,
+)
+from pyctr.shim.runc import Runc, RuncError
 from pyctr.shim.server import (
     ATTACH,
     EVENTS,
@@ -34,6 +39,7 @@ from pyctr.shim.server import (
     Server,
     ShimError,
 )
+from pyctr.shim.spawn import create_container, start_exec
 from pyctr.shim.stdio import Stdio
 
 TYPE_CHECKING = False
@@ -120,40 +126,9 @@ class Shim:
     def create(self) -> int:
         """`runc create` with the shim holding the stdio; returns the init pid."""
         opts = self.opts
-        pid_file = self._path("init.pid")
-        args = ["create", "--bundle", opts.bundle, "--pid-file", pid_file]
-        if opts.tty:
-            console = ConsoleSocket(self._path("console.sock"))
-            try:
-                self.runc.run(*args, "--console-socket", console.path, opts.id)
-                master = console.receive_master()
-            finally:
-                console.close()
-            stdio = Stdio(self.loop, [(b"stdout", master)], master if opts.stdin else -1, master)
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            in_r, in_w = os.pipe2(os.O_CLOEXEC) if opts.stdin else (-1, -1)
-            try:
-                self.runc.run(
-                    *args,
-                    opts.id,
-                    stdin=in_r if in_r >= 0 else None,
-                    stdout=out_w,
-                    stderr=err_w,
-                )
-            except BaseException:
-                for fd in (out_r, err_r, in_w):
-                    if fd >= 0:
-                        os.close(fd)
-                raise
-            finally:
-                # Only the container may hold these ends, or EOF never comes.
-                for fd in (out_w, err_w, in_r):
-                    if fd >= 0:
-                        os.close(fd)
-            stdio = Stdio(self.loop, [(b"stdout", out_r), (b"stderr", err_r)], in_w)
-        pid = _read_pid(pid_file)
+        pid, stdio = create_container(
+            self.runc, self.loop, opts.id, opts.bundle, self.state_dir, opts.tty, opts.stdin
+        )
         self.init = Proc(self.loop, pid, stdio)
         self.init.on_final = self._container_exited
         self.procs[pid] = self.init
@@ -414,7 +389,18 @@ class Shim:
 
         process = dict(process, terminal=tty)
         self._exec_seq += 1
-        proc = self._spawn_exec(exec_id, process, tty, want_stdin, mode, max_output)
+        pid, stdio = start_exec(
+            self.runc,
+            self.loop,
+            self.opts.id,
+            self.state_dir,
+            self._exec_seq,
+            process,
+            tty=tty,
+            stdin=want_stdin,
+            discard=mode == "null",
+        )
+        proc = ExecProc(self.loop, pid, stdio, exec_id, mode, max_output)
         if old is not None:
             del self.execs[exec_id]
         self.execs[exec_id] = proc
@@ -437,54 +423,6 @@ class Shim:
             proc.attach(conn)
             return None
         return result
-
-    def _spawn_exec(
-        self, exec_id: str, process: dict[str, Any], tty: bool, stdin: bool, mode: str, cap: int
-    ) -> ExecProc:
-        n = self._exec_seq
-        spec_file, pid_file = self._path(f"exec-{n}.json"), self._path(f"exec-{n}.pid")
-        fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with open(fd, "w") as f:
-            f.write(jsonlite.dumps(process))
-        args = ["exec", "--detach", "--process", spec_file, "--pid-file", pid_file]
-        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            if tty:
-                console = ConsoleSocket(self._path(f"exec-{n}.sock"))
-                try:
-                    self.runc.run(*args, "--console-socket", console.path, self.opts.id)
-                    master = console.receive_master()
-                finally:
-                    console.close()
-                stdio = Stdio(self.loop, [(b"stdout", master)], master if stdin else -1, master)
-            elif mode == "null":
-                self.runc.run(*args, self.opts.id, stdin=null, stdout=null, stderr=null)
-                stdio = Stdio(self.loop, [])
-            else:
-                stdio = self._exec_pipes(args, stdin, null)
-            pid = _read_pid(pid_file)
-        finally:
-            os.close(null)
-            for path in (spec_file, pid_file):
-                _unlink(path)
-        return ExecProc(self.loop, pid, stdio, exec_id, mode, cap)
-
-    def _exec_pipes(self, args: list[str], stdin: bool, null: int) -> Stdio:
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin else (null, -1)
-        try:
-            self.runc.run(*args, self.opts.id, stdin=in_r, stdout=out_w, stderr=err_w)
-        except BaseException:
-            for fd in (out_r, err_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (out_w, err_w, in_r if stdin else -1):
-                if fd >= 0:
-                    os.close(fd)
-        return Stdio(self.loop, [(b"stdout", out_r), (b"stderr", err_r)], in_w)
 
     def _exec_timeout(self, proc: ExecProc) -> None:
         if proc.running:
@@ -678,19 +616,7 @@ def _resize(stdio: Stdio, width: int, height: int) -> None:
         raise ShimError("failed_precondition", "process has no tty")
     if not (0 < width < 65536 and 0 < height < 65536):
         raise ShimError("invalid_argument", "width and height must be 1-65535")
-    import fcntl  # only tty containers pay for these two small modules
-    import termios
-
-    winsize = b"".join(v.to_bytes(2, sys.byteorder) for v in (height, width, 0, 0))
-    fcntl.ioctl(stdio.master, termios.TIOCSWINSZ, winsize)
-
-
-def _read_pid(path: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError) as exc:
-        raise RuncError(f"runc left no usable pid file {path}: {exc}") from None
+    stdio.resize(width, height)
 
 
 def _unlink(path: str) -> None:
@@ -698,20 +624,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def write_exit_record(path: str, record: dict[str, Any]) -> None:
-    """Atomically replace path: a reader sees the old record or the whole new one."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, jsonlite.dumps(record).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

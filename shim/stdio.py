@@ -10,6 +10,7 @@ read its stdin never blocks the shim.
 from __future__ import annotations
 
 import os
+import sys
 
 from pyctr.shim.loop import Loop
 
@@ -165,6 +166,14 @@ class Stdio:
         if fd >= 0:
             self.loop.forget(fd)
             os.close(fd)
+
+    def resize(self, width: int, height: int) -> None:
+        """Set the pty's window size; the process gets SIGWINCH."""
+        import fcntl  # only tty processes pay for these two small modules
+        import termios
+
+        winsize = b"".join(v.to_bytes(2, sys.byteorder) for v in (height, width, 0, 0))
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, winsize)
 
     # -- teardown ----------------------------------------------------------
 

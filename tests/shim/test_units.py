@@ -11,8 +11,8 @@ import pytest
 
 from pyctr.shim import jsonlite
 from pyctr.shim.options import UsageError, parse
-from pyctr.shim.process import exit_info
-from pyctr.shim.service import valid_id, write_exit_record
+from pyctr.shim.process import exit_info, write_exit_record
+from pyctr.shim.service import valid_id
 
 
 @pytest.mark.parametrize(
