@@ -94,7 +94,7 @@ def netns(token: str) -> set[str]:
 
 
 def cgroups(token: str) -> set[str]:
-    out = set()
+    out: set[str] = set()
     if not CGROUP_ROOT.is_dir():
         return out
     for controller in os.listdir(CGROUP_ROOT):
