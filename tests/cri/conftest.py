@@ -36,6 +36,7 @@ from pyctr.proto import cri_pb2_grpc
 from tests.conftest import TOKEN, new_base, safe_rmtree
 from tests.support.daemon import PyctrDaemon, dump_toml
 from tests.support.images import build_image, busybox_layer, files_layer, push
+from tests.support.leaks import LeakCheck
 from tests.support.registry import Registry
 
 BB = "/bin/busybox"
@@ -77,6 +78,7 @@ class CriEnv:
     app_ref: str
     stopsig_ref: str
     channel: grpc.Channel = field(repr=False)
+    leak_check: LeakCheck = field(repr=False)
 
     @property
     def rt(self) -> cri_pb2_grpc.RuntimeServiceStub:
@@ -137,11 +139,17 @@ class CriEnv:
         out = self.host(["ip", "-j", "link", "show", "type", "veth"]).stdout
         return [link["ifname"] for link in json.loads(out or "[]")]
 
-    def restart(self) -> None:
-        """Restart pyctrd (in the host namespace, where it must live)."""
-        self.daemon.stop()
+    def restart(self, crash: bool = False) -> None:
+        """Restart pyctrd (in the host namespace, where it must live); with
+        crash, kill it with SIGKILL first."""
+        if crash:
+            self.daemon.kill()
+        else:
+            self.daemon.stop()
         with netns.entered(self.host_ns):
             self.daemon.start()
+        # The module's daemon, not the test's: the leak check must let it be.
+        self.leak_check.allowed_pids.add(self.daemon.pid)
         self.channel.close()
         self.channel = self.daemon.channel()
 
@@ -163,7 +171,7 @@ def _build_images(layout: Path, reg: Registry) -> tuple[str, str, str]:
 
 
 @pytest.fixture(scope="module")
-def cri_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriEnv]:
+def cri_env(tmp_path_factory: pytest.TempPathFactory, leak_check: LeakCheck) -> Iterator[CriEnv]:
     need_root()
     base = new_base("cri")
     for d in ("net.d", "ipam", "logs"):
@@ -197,6 +205,7 @@ def cri_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriEnv]:
             app_ref=app,
             stopsig_ref=stopsig,
             channel=daemon.channel(),
+            leak_check=leak_check,
         )
         env.write_conflist()
         yield env
