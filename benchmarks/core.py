@@ -88,6 +88,7 @@ def measurement(group: str, name: str) -> Callable[[MeasureFn], MeasureFn]:
 
 def run_one(m: Measurement, env: BenchEnv) -> Result:
     started = time.monotonic()
+    env.running.add(m.key)  # a baseline that (indirectly) needs this one gets NotAvailable
     try:
         metrics = m.fn(env)
         result = Result(m.key, m.group, "ok", {k: _round(v) for k, v in metrics.items()})
@@ -99,6 +100,7 @@ def run_one(m: Measurement, env: BenchEnv) -> Result:
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         result = Result(m.key, m.group, "error", reason=tb)
     result.seconds = time.monotonic() - started
+    env.running.discard(m.key)
     env.results[m.key] = result
     return result
 
@@ -141,7 +143,7 @@ def metric(env: BenchEnv, key: str, name: str) -> float:
     Baselines are always measured in the same run as what they are compared
     with: a noisy shared machine makes figures from another run incomparable.
     """
-    if key not in env.results:
+    if key not in env.results and key not in env.running:
         for m in REGISTRY:
             if m.key == key:
                 run_one(m, env)

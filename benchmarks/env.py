@@ -63,6 +63,7 @@ class BenchEnv:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.results: dict[str, Result] = {}
+        self.running: set[str] = set()  # measurements under way (baselines may nest)
         # Short path: unix socket paths must stay under 108 bytes.
         self.base = Path(tempfile.mkdtemp(prefix="pyctr-bench-", dir="/tmp"))
         os.chmod(self.base, 0o711)

@@ -106,8 +106,9 @@ def scale(env: BenchEnv, n: int) -> Metrics:
         "remove_total_s": sum(removes),
         "remove_per_pod_median_ms": statistics.median(removes) * 1000,
     }
-    if shims:
-        out["shim_pss_per_container_mib"] = shim_pss / n
+    if shims:  # a pod's infra container may have a shim of its own
+        out["shim_pss_per_pod_mib"] = shim_pss / n
+        out["shim_pss_per_shim_mib"] = shim_pss / len(shims)
     return out
 
 

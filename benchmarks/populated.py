@@ -64,8 +64,9 @@ def daemon_n(env: BenchEnv) -> Metrics:
         "shims": len(shims),
     }
     if shims:  # none found: the shim's command line changed, or no shims (yet)
-        out["shim_pss_per_container_mib"] = shim_pss / n
-        out["shim_rss_per_container_mib"] = shim_rss / n
+        out["shim_pss_per_pod_mib"] = shim_pss / n
+        out["shim_pss_per_shim_mib"] = shim_pss / len(shims)
+        out["shim_rss_per_shim_mib"] = shim_rss / len(shims)
     try:
         idle = metric(env, "memory.daemon_idle", "pyctrd_pss_mib")
         out["pyctrd_pss_growth_per_container_kib"] = (pss - idle) * 1024 / n

@@ -50,9 +50,10 @@ class Shims:
         self.clients.append(shim)
         return shim
 
-    async def remove(self, shim: Any) -> None:
-        with contextlib.suppress(Exception):
-            await shim.delete(force=True)
+    async def remove(self, shim: Any, deleted: bool = False) -> None:
+        if not deleted:
+            with contextlib.suppress(Exception):
+                await shim.delete(force=True)
         with contextlib.suppress(Exception):
             await shim.close()
         self.clients.remove(shim)
@@ -87,7 +88,7 @@ async def _start_stop(env: BenchEnv) -> dict[str, list[float]]:
             t3 = time.perf_counter()
             await shim.delete()
             t4 = time.perf_counter()
-            await shims.remove(shim)
+            await shims.remove(shim, deleted=True)
             if i:  # the first run warms caches
                 for name, v in (
                     ("create", t1 - t0),
