@@ -57,9 +57,10 @@ async def spdy_command(
     tty: bool = False,
     protocols: list[str] | None = None,
     flow_control: int = 0,
+    netns_path: str | None = None,
 ) -> Result:
     client, protocol = await SpdyClient.connect(
-        url, protocols or CLIENT_GO_PROTOCOLS, flow_control=flow_control
+        url, protocols or CLIENT_GO_PROTOCOLS, flow_control=flow_control, netns_path=netns_path
     )
     try:
         ids = await open_command_streams(

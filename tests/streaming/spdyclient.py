@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 import zlib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from pyctr.daemon import netns
 
 # SPDY/3 section 2.6.10.1, the dictionary as the spec prints it.
 SPEC_DICTIONARY = (
@@ -160,11 +163,20 @@ class HttpError(Exception):
 
 
 async def http_upgrade(
-    url: str, headers: list[tuple[str, str]], method: str = "POST"
+    url: str, headers: list[tuple[str, str]], method: str = "POST", netns_path: str | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, list[tuple[str, str]]]:
-    """Send an upgrade request; returns the connection and the response head."""
+    """Send an upgrade request; returns the connection and the response head.
+
+    With netns_path the connection is made from inside that network namespace.
+    """
     u = urlsplit(url)
-    reader, writer = await asyncio.open_connection(u.hostname, u.port, limit=1 << 20)
+    if netns_path is None:
+        reader, writer = await asyncio.open_connection(u.hostname, u.port, limit=1 << 20)
+    else:
+        sock = await asyncio.to_thread(netns.run_in, netns_path, socket.socket)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (u.hostname, u.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
     lines = [f"{method} {u.path}{'?' + u.query if u.query else ''} HTTP/1.1", f"Host: {u.netloc}"]
     lines += [f"{k}: {v}" for k, v in headers]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -199,11 +211,17 @@ class SpdyClient:
 
     @classmethod
     async def connect(
-        cls, url: str, protocols: list[str], *, method: str = "POST", flow_control: int = 0
+        cls,
+        url: str,
+        protocols: list[str],
+        *,
+        method: str = "POST",
+        flow_control: int = 0,
+        netns_path: str | None = None,
     ) -> tuple[SpdyClient, str]:
         headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]
         headers += [("X-Stream-Protocol-Version", p) for p in protocols]
-        reader, writer, status, got = await http_upgrade(url, headers, method)
+        reader, writer, status, got = await http_upgrade(url, headers, method, netns_path)
         if status != 101:
             length = int(dict((k.lower(), v) for k, v in got).get("content-length", "0"))
             body = await reader.readexactly(length) if length else b""
