@@ -134,6 +134,16 @@ def resolv_conf(dns: cri.DNSConfig) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def container_log_path(log_directory: str, log_path: str) -> str:
+    """The container's log file: CRI's log_path, relative to the pod's log dir."""
+    if not log_directory or not log_path:
+        return ""
+    parts = log_path.split("/")
+    if os.path.isabs(log_path) or ".." in parts or "\0" in log_path:
+        raise InvalidArgument(f"log_path {log_path[:200]!r} must stay inside the log directory")
+    return os.path.join(log_directory, log_path)
+
+
 def _host_file(path: str) -> str:
     try:
         with open(path) as f:
@@ -270,6 +280,8 @@ class SandboxManager:
         if not _CGROUP_RE.match(cgroup_parent) or "/../" in cgroup_parent + "/":
             raise InvalidArgument(f"invalid cgroup_parent {cgroup_parent[:200]!r}")
         resolv = resolv_conf(config.dns_config)
+        if config.log_directory and not os.path.isabs(config.log_directory):
+            raise InvalidArgument(f"log_directory {config.log_directory[:200]!r} is not absolute")
         mappings = [
             PortMapping(
                 p.container_port, p.host_port, cri.Protocol.Name(p.protocol).lower(), p.host_ip
@@ -439,10 +451,7 @@ class SandboxManager:
                 pid_mode = config.linux.security_context.namespace_options.pid
                 if pid_mode == TARGET:
                     plan.target_pid = self._target_pid(sb, config)
-                log_path = ""
-                log_dir = sb.extra.get("log_directory") or ""
-                if log_dir and config.log_path:
-                    log_path = os.path.join(log_dir, config.log_path)
+                log_path = container_log_path(sb.extra.get("log_directory") or "", config.log_path)
                 stop_signal = int(config.stop_signal)
                 record = Container(
                     id=cid,

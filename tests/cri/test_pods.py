@@ -220,15 +220,26 @@ def test_pid_namespace_modes(cri_env: CriEnv, kube: Kubelet) -> None:
     )
 
 
-def test_host_network_pod_needs_no_cni(cri_env: CriEnv, kube: Kubelet) -> None:
-    pod = kube.pod_config("hostnet", network=cri.NODE)
+def test_host_namespaces_pod_needs_no_cni(cri_env: CriEnv, kube: Kubelet) -> None:
+    pod = kube.pod_config("hostns", network=cri.NODE, ipc=cri.NODE)
     pod_id = kube.run_pod(pod)
-    cid = kube.run(pod_id, pod, "c")
-    st = kube.pod_status(pod_id)
-    assert st.state == cri.SANDBOX_READY and st.network.ip == ""
-    assert st.linux.namespaces.options.network == cri.NODE
-    # It sees the host's interfaces, the test bridge among them.
-    assert cri_env.bridge in kube.sh(cid, f"{BB} ip -o link show")
+    marker = Path("/dev/shm") / f"pyctr-test-{os.getpid()}-{random.randrange(10**6)}"
+    marker.write_text("host shm\n")
+    try:
+        cid = kube.run(pod_id, pod, "c")
+        st = kube.pod_status(pod_id)
+        assert st.state == cri.SANDBOX_READY and st.network.ip == ""
+        assert st.linux.namespaces.options.network == cri.NODE
+        assert st.linux.namespaces.options.ipc == cri.NODE
+        # The node's network namespace (here: the daemon's)...
+        daemon_net = os.readlink(f"/proc/{cri_env.daemon.pid}/ns/net")
+        assert kube.sh(cid, f"{BB} readlink /proc/self/ns/net") == daemon_net + "\n"
+        # ...and the node's IPC namespace and /dev/shm.
+        host_ipc = os.readlink("/proc/self/ns/ipc")
+        assert kube.sh(cid, f"{BB} readlink /proc/self/ns/ipc") == host_ipc + "\n"
+        assert kube.sh(cid, f"cat {marker}") == "host shm\n"
+    finally:
+        marker.unlink()
     assert cri_env.reservations() == []
     assert state_entries(cri_env, "netns") == []
     kube.stop_pod(pod_id)
