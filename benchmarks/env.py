@@ -104,6 +104,8 @@ class BenchEnv:
                 from tests.support.images import push
             except ImportError as e:
                 raise NotAvailable(f"tests/support/images.py: {e}") from None
+            if shutil.which("skopeo") is None:
+                raise NotAvailable("skopeo is not installed (it pushes the bench images)")
             registry = self.registry()
             layout, info = imagegen.layout(imagegen.SPECS[name])
             ref = f"{registry.host}/bench/{name}:{imagegen.TAG}"
