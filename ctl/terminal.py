@@ -52,17 +52,35 @@ def local_size() -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def raw_terminal(fd: int, enabled: bool) -> Iterator[None]:
-    """Raw mode on fd for the block (if it is a terminal), then the old settings back."""
-    saved = None
-    if enabled and os.isatty(fd):
-        saved = termios.tcgetattr(fd)
-        tty.setraw(fd, termios.TCSANOW)
+def raw_terminal(tty_process: bool, raw_input: bool) -> Iterator[None]:
+    """Our terminal set up for a process that has a terminal of its own.
+
+    raw_input: our stdin goes raw (keys go to the process as typed). Either
+    way our stdout stops post-processing output (the process's terminal
+    already turned "\n" into "\r\n"). The old settings come back at the end.
+    """
+    saved: list[tuple[int, list[Any]]] = []
     try:
+        if tty_process:
+            in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+            if raw_input and os.isatty(in_fd):
+                saved.append((in_fd, termios.tcgetattr(in_fd)))
+                tty.setraw(in_fd, termios.TCSANOW)
+            if os.isatty(out_fd) and not (saved and _same_file(in_fd, out_fd)):
+                attrs = termios.tcgetattr(out_fd)
+                saved.append((out_fd, list(attrs)))
+                attrs[1] &= ~termios.OPOST
+                termios.tcsetattr(out_fd, termios.TCSANOW, attrs)
         yield
     finally:
-        if saved is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        for fd, attrs in reversed(saved):
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
+
+
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino, sa.st_rdev) == (sb.st_dev, sb.st_ino, sb.st_rdev)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -104,7 +122,7 @@ class IOSession:
         writer = asyncio.create_task(self._write_requests())
         cleanups: list[Callable[[], object]] = []
         try:
-            with raw_terminal(sys.stdin.fileno(), self.tty and self.stdin):
+            with raw_terminal(self.tty, self.stdin):
                 if self.stdin:
                     cleanups.append(self._read_stdin(loop))
                 if self.tty:

@@ -12,6 +12,7 @@ asks for the host's network (`--net host`).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from pyctr.daemon.runtime import SpecBuilder
 from pyctr.proto import containers_pb2 as pb
 
 NETWORKS = ("", "host", "none")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 MAX_ARGS_BYTES = 256 * 1024
 MAX_LABELS_BYTES = 64 * 1024
 MAX_MOUNTS = 64
@@ -103,7 +105,7 @@ def check_request(req: pb.ContainerCreateRequest) -> None:
     _check_text(req.user, "user")
     if req.network not in NETWORKS:
         raise InvalidArgument(f"network {req.network[:40]!r}: use 'host', 'none' or nothing")
-    if req.hostname and (len(req.hostname) > 64 or not req.hostname.replace("-", "").isalnum()):
+    if req.hostname and not HOSTNAME_RE.match(req.hostname):
         raise InvalidArgument(f"hostname {req.hostname[:80]!r} is not a valid host name")
     if len(req.mounts) > MAX_MOUNTS:
         raise InvalidArgument(f"at most {MAX_MOUNTS} mounts")

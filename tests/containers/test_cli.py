@@ -79,6 +79,7 @@ def test_tty_session_in_a_real_terminal(ctr: Ctr) -> None:
         assert b"stty size; echo $((6*7)); tty" in seen  # typed input echoed back
         assert b"33 111\r\n" in seen  # the size was there before the shell started
         out.until(b"/dev/pts/")
+        _exec_in_a_terminal_of_its_own(ctr)
         os.write(master, b"exit 3\r")
         assert proc.wait(15) == 3
         # The client left our terminal as it found it.
@@ -89,6 +90,22 @@ def test_tty_session_in_a_real_terminal(ctr: Ctr) -> None:
             proc.wait()
         os.close(master)
     assert ctr.list() == []
+
+
+def _exec_in_a_terminal_of_its_own(ctr: Ctr) -> None:
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 12, 34, 0, 0))
+    argv, env = ctr.cli_cmd("exec", "-t", "tty1", "sh", "-c", "stty size; exit 5")
+    proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        Output(master).until(b"12 34\r\n")
+        assert proc.wait(15) == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 42), (signal.SIGTERM, 43)])
