@@ -132,7 +132,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 def build(ctx: Context) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
-    from pyctr.daemon import cri_runtime, native_containers, native_images, native_system
+    from pyctr.daemon import (
+        cri_runtime,
+        native_containers,
+        native_images,
+        native_snapshots,
+        native_system,
+    )
     from pyctr.proto import cri_pb2_grpc, system_pb2_grpc
 
     server = grpc.aio.server(
@@ -147,5 +153,6 @@ def build(ctx: Context) -> grpc.aio.Server:
     cri_pb2_grpc.add_RuntimeServiceServicer_to_server(cri_runtime.RuntimeService(ctx), server)
     native_images.register(server, ctx.images)  # CRI ImageService + Images, Content, GC
     native_containers.register(server, ctx)  # Containers, Events
+    native_snapshots.register(server, ctx)
     system_pb2_grpc.add_SystemServicer_to_server(native_system.SystemService(ctx), server)
     return server
