@@ -136,7 +136,7 @@ class SpdyStream:
         self.session.conn.end_stream(self.id)
         self.session.flush()
         if not self.session.conn.stream_open(self.id):
-            self.session.forget(self)
+            self.session.done_with(self)
         with contextlib.suppress(ConnectionError):
             await self.session.drain()
 
@@ -212,6 +212,8 @@ class SpdySession(asyncio.Protocol):
                 return
             stream._on_data(event.data, event.fin)
             self._unread += len(event.data)
+            if event.fin and not self.conn.stream_open(stream.id):
+                del self._streams[stream.id]  # done both ways; the app may still read it
             if self._unread > READ_HIGH_WATER and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pause_reading()
@@ -250,6 +252,11 @@ class SpdySession(asyncio.Protocol):
         if not self.dead:
             self.conn.acknowledge(stream.id, size)
             self.flush()
+
+    def done_with(self, stream: SpdyStream) -> None:
+        """Both sides closed: no more events for it (what is unread stays readable)."""
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
 
     def forget(self, stream: SpdyStream) -> None:
         if self._streams.get(stream.id) is stream:

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from pyctr.daemon.config import Streaming
+from pyctr.daemon.streaming.backend import RuntimeBackend
 from pyctr.daemon.streaming.requests import AttachRequest, ExecRequest
 from pyctr.daemon.streaming.server import StreamingServer
 from tests.streaming.conftest import ShimRuntime
@@ -199,3 +201,25 @@ async def test_container_gone_before_the_client_comes(
     result = await spdy_command(url)
     assert result.status["reason"] == "InternalError"
     assert "not running" in result.status["message"]
+
+
+async def test_idle_connections_are_closed(runtime: ShimRuntime) -> None:
+    c = await runtime.run("idle", ["sleep", "1000"])
+    cfg = Streaming(address="127.0.0.1", port=0, token_ttl=5.0, idle_timeout=0.5)
+    server = StreamingServer(cfg, RuntimeBackend(runtime))
+    await server.start()
+    try:
+        url = server.url_for(exec_req(c.id, ["sh", "-c", "echo ready; exec sleep 1000"]))
+        client, protocol = await SpdyClient.connect(url, [V4])
+        try:
+            ids = await open_command_streams(
+                client, stdin=False, stdout=True, stderr=True, tty=False, protocol=protocol
+            )
+            await client.wait_for(ids["stdout"], lambda out: out == b"ready\n")
+            async with asyncio.timeout(10):
+                await client.closed.wait()  # nothing moved for 0.5 s
+            assert await running_execs(runtime, c.id) == []
+        finally:
+            await client.close()
+    finally:
+        await server.stop()
