@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from pyctr.daemon.containers import RUNNING, Container
+from pyctr.daemon.containers import CREATED, RUNNING, Container
 from pyctr.daemon.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -43,6 +43,8 @@ from pyctr.proto import containers_pb2_grpc
 
 # How often `logs --follow` looks for new output and for the exit.
 LOG_POLL = 0.1
+# How often Wait looks whether a created container was started.
+CREATED_POLL = 0.2
 STOP_TIMEOUT = 10.0
 MAX_TOPICS = 32
 
@@ -193,6 +195,9 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         self, request: pb.ContainerWaitRequest, context: grpc.aio.ServicerContext
     ) -> pb.ContainerWaitResponse:
         c = self._resolve(request.container)
+        while c.status == CREATED:  # not started yet: wait for that first
+            await asyncio.sleep(CREATED_POLL)
+            c = self.store.get(c.id)
         return pb.ContainerWaitResponse(container=container_info(await self.runtime.wait(c.id)))
 
     # -- streams -------------------------------------------------------------
@@ -215,6 +220,8 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
                 user = resolve_user(self.runtime.rootfs(c.id), s.user)
             except UnknownUser as e:
                 raise InvalidArgument(str(e)) from None
+            except (OSError, ValueError) as e:
+                raise InvalidArgument(f"user {s.user!r}: unreadable image users: {e}") from None
         size = None
         if s.tty and s.HasField("size"):
             width, height = _size(s.size)
