@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import shutil
 import signal as signals
 import time
 from collections.abc import Callable
@@ -44,7 +42,8 @@ from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, NotFound, U
 from pyctr.daemon.oci_spec import SpecOptions, build, write_bundle_config
 from pyctr.daemon.rootfs import User
 from pyctr.daemon.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
-from pyctr.snapshotter.mount import mount_all, unmount_all
+from pyctr.daemon.task_cleanup import remove_orphans, remove_task_dir, unmount
+from pyctr.snapshotter.mount import mount_all
 
 log = logging.getLogger("pyctr.runtime")
 
@@ -52,7 +51,6 @@ log = logging.getLogger("pyctr.runtime")
 KILL_GRACE = 10.0
 # Exit code recorded when the process never ran (runc missing or failing).
 START_ERROR_EXIT = 128
-_FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 # Given the rootfs and the image config, return the spec options; the caller
 # (native API or CRI) decides everything about the process and isolation.
@@ -153,11 +151,11 @@ class RuntimeManager:
             self.store.add(record)
         except BaseException:
             if mounted:
-                await asyncio.to_thread(_unmount, rootfs)
+                await asyncio.to_thread(unmount, rootfs)
             if prepared:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(snap.remove, record.snapshot)
-            _remove_task_dir(task_dir)
+            remove_task_dir(task_dir)
             raise
         self._publish("/containers/create", record, image=record.image)
         return record
@@ -344,7 +342,7 @@ class RuntimeManager:
     async def _release_rootfs(self, c: Container) -> None:
         rootfs = self.rootfs(c.id)
         if rootfs.exists():
-            await asyncio.to_thread(_unmount, rootfs)
+            await asyncio.to_thread(unmount, rootfs)
 
     # -- signals, stop, remove ---------------------------------------------
 
@@ -416,7 +414,7 @@ class RuntimeManager:
             if c.snapshot:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(self.ctx.snapshotter.remove, c.snapshot)
-            _remove_task_dir(self.task_dir(cid))
+            remove_task_dir(self.task_dir(cid))
             self._remove_own_log(c)
             self.store.delete(cid)
         self._locks.pop(cid, None)
@@ -492,7 +490,10 @@ class RuntimeManager:
                 await self._recover(c)
             except Exception:
                 log.exception("recovering container %s", c.id[:12])
-        await self._remove_orphans(records)
+        await remove_orphans(
+            records, self.tasks_dir, self.runc_root, self.logs_dir, self._runc(),
+            self.ctx.snapshotter,
+        )  # fmt: skip
 
     async def _recover(self, c: Container) -> None:
         task_dir = self.task_dir(c.id)
@@ -535,47 +536,6 @@ class RuntimeManager:
             if state.status in ("running", "paused", "stopped"):
                 self.store.update(c.id, status=RUNNING, pid=state.pid, started_at=time.time_ns())
 
-    async def _remove_orphans(self, records: list[Container]) -> None:
-        ids = {c.id for c in records}
-        # Task dirs no record owns: a create interrupted by a crash (or a
-        # lost record): stop a shim still serving there, then remove it all.
-        prefixes = {cid[:16] for cid in ids}
-        for entry in self.tasks_dir.iterdir():
-            if entry.name not in prefixes:
-                log.warning("removing orphaned task dir %s", entry)
-                await _stop_orphan_shim(entry)
-                rootfs = entry / "rootfs"
-                if rootfs.exists():
-                    await asyncio.to_thread(_unmount, rootfs)
-                _remove_task_dir(entry)
-        runc_root = Path(self.runc_root)
-        if runc_root.is_dir():
-            for entry in runc_root.iterdir():
-                if entry.name not in ids and _FULL_ID.match(entry.name):
-                    log.warning("removing runc state of unknown container %s", entry.name[:12])
-                    with contextlib.suppress(Exception):
-                        await shim_client.cleanup_dead_shim(
-                            self.tasks_dir / ".none", entry.name, runc=self._runc(),
-                            runc_root=self.runc_root,
-                        )  # fmt: skip
-        snapshots = {c.snapshot for c in records}
-        await asyncio.to_thread(self._remove_orphan_snapshots, snapshots)
-        if self.logs_dir.is_dir():
-            for entry in self.logs_dir.iterdir():
-                if entry.suffix == ".log" and entry.stem not in ids:
-                    entry.unlink(missing_ok=True)
-
-    def _remove_orphan_snapshots(self, owned: set[str]) -> None:
-        """Active snapshots keyed like a container ID that no record owns."""
-        snap = self.ctx.snapshotter
-        if snap is None:
-            return
-        for info in list(snap.walk()):
-            if str(info.kind) == "active" and _FULL_ID.match(info.key) and info.key not in owned:
-                log.warning("removing orphaned container snapshot %s", info.key[:12])
-                with contextlib.suppress(Exception):
-                    snap.remove(info.key)
-
     async def close(self) -> None:
         """Let go of the shims (they and their containers keep running)."""
         for task in list(self._tasks.values()):
@@ -589,45 +549,7 @@ class RuntimeManager:
             bg.cancel()
 
 
-async def _stop_orphan_shim(task_dir: Path) -> None:
-    """Make a shim nobody owns delete its container and exit (or kill it)."""
-    try:
-        shim = await shim_client.connect_shim(task_dir, timeout=2.0)
-    except Exception:
-        shim = None
-    if shim is not None:
-        try:
-            with contextlib.suppress(Exception):
-                await shim.shutdown(force=True)
-        finally:
-            await shim.close()
-        return
-    pid = shim_client.read_shim_pid(task_dir)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signals.SIGKILL)
-
-
 def _set_console_size(process: dict[str, Any], size: dict[str, int] | None) -> None:
     """runc sizes a process's terminal before the process starts (no resize race)."""
     if size and process.get("terminal") and size.get("width") and size.get("height"):
         process["consoleSize"] = {"height": int(size["height"]), "width": int(size["width"])}
-
-
-def _unmount(target: Path) -> None:
-    if os.path.ismount(target):
-        unmount_all(target)
-
-
-def _remove_task_dir(path: Path) -> None:
-    """rmtree, but never through a mount still in place."""
-    if not path.exists():
-        return
-    with open("/proc/self/mountinfo") as f:
-        prefix = str(path) + "/"
-        if any(line.split()[4].startswith(prefix) for line in f):
-            log.error("not removing %s: something is still mounted below it", path)
-            return
-    shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.rmdir(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -128,6 +129,15 @@ class Ctr:
         for c in self.list():
             with contextlib.suppress(grpc.RpcError):
                 self.remove(c.id)
+
+    def active_snapshots(self) -> set[str]:
+        """Keys of the writable snapshots (containers' rootfs) in the daemon's metadata."""
+        db = sqlite3.connect(self.d.root / "meta.db")
+        try:
+            rows = db.execute("SELECT key FROM snap_snapshots WHERE kind = 'active'").fetchall()
+        finally:
+            db.close()
+        return {key for (key,) in rows}
 
     def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.d.ctl(*args, **kw)

@@ -132,20 +132,11 @@ def test_a_shim_killed_while_the_daemon_is_down(ctr: Ctr) -> None:
     ctr.remove("orphan", force=False)
 
 
-def _active_snapshots(ctr: Ctr) -> set[str]:
-    db = sqlite3.connect(ctr.d.root / "meta.db")
-    try:
-        rows = db.execute("SELECT key FROM snap_snapshots WHERE kind = 'active'").fetchall()
-    finally:
-        db.close()
-    return {key for (key,) in rows}
-
-
 def test_restart_removes_what_no_record_owns(ctr: Ctr) -> None:
     running = ctr.run(["sleep", "600"], name="lost-running")
     created = ctr.create(["true"], name="lost-created")
     shim_pid = int((_task_dir(ctr, running.id) / "shim.pid").read_text())
-    assert _active_snapshots(ctr) == {running.id, created.id}
+    assert ctr.active_snapshots() == {running.id, created.id}
     ctr.d.kill()
     ctr.reconnect()
     # The records are lost, as after a crash before their transaction committed.
@@ -158,5 +149,5 @@ def test_restart_removes_what_no_record_owns(ctr: Ctr) -> None:
     wait_for(lambda: not _alive(shim_pid) and not _alive(running.pid), what="the orphan to stop")
     assert not list((ctr.d.state / "tasks").iterdir())
     assert not list((ctr.d.state / "runc").iterdir())
-    assert _active_snapshots(ctr) == set()
+    assert ctr.active_snapshots() == set()
     assert not list((ctr.d.root / "logs").iterdir())
