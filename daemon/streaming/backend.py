@@ -6,6 +6,7 @@ may have stopped in between, and then the client gets a clear error.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import signal
@@ -14,6 +15,8 @@ from typing import Any
 from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.streaming.remotecommand import Started
 from pyctr.daemon.streaming.requests import AttachRequest, ExecRequest
+
+KILL_WAIT = 5.0  # how long an abandoned exec may take to die after SIGKILL
 
 
 class RuntimeBackend:
@@ -31,8 +34,10 @@ class RuntimeBackend:
             # The client is gone: nobody will see this process's output or
             # send it input, so it must not outlive the session (as with a
             # closed terminal, but without relying on it noticing).
-            with contextlib.suppress(PyctrError):
+            with contextlib.suppress(PyctrError, TimeoutError):
                 await shim.kill(signal.SIGKILL, exec_id=exec_id)
+                async with asyncio.timeout(KILL_WAIT):
+                    await shim.wait(exec_id)  # reaped: nothing is left when the session ends
 
         return Started(stream, abandon, close_stdin_on_eof=True, report_exit=True)
 
