@@ -21,9 +21,9 @@ from pyctr.daemon.metadata import Metadata
 class CachedStore(ContainerStore):
     """ContainerStore, answered from memory.
 
-    Callers get shallow copies: assigning
-    a field of one is private, but the nested dicts (spec, labels, extra) are
-    shared and must be treated as read-only; change them through `update`.
+    Callers get copies: fields, labels, annotations and the top level of
+    extra are theirs to change; the spec is shared and must be treated as
+    read-only (it is large). Changes are stored with `update`.
     """
 
     def __init__(self, db: Metadata) -> None:
@@ -33,12 +33,12 @@ class CachedStore(ContainerStore):
 
     def add(self, c: Container) -> None:
         super().add(c)
-        self._remember(copy.copy(c))
+        self._remember(_copy(c))
 
     def update(self, cid: str, **fields: Any) -> Container:
         c = super().update(cid, **fields)
         self._remember(c)
-        return copy.copy(c)
+        return _copy(c)
 
     def delete(self, cid: str) -> None:
         super().delete(cid)
@@ -59,7 +59,7 @@ class CachedStore(ContainerStore):
         if c is None:
             c = super().get(cid)  # raises NotFound; a hit means someone bypassed us
             self._remember(c)
-        return copy.copy(c)
+        return _copy(c)
 
     def resolve(self, ref: str, kind: str | None = None) -> Container:
         if not ref or len(ref) > 256 or "\0" in ref:
@@ -76,11 +76,11 @@ class CachedStore(ContainerStore):
             found = self._records.get(self._names[ref])
         if found is None or (kind and found.kind != kind):
             raise NotFound(f"{what} {ref!r} not found")
-        return copy.copy(found)
+        return _copy(found)
 
     def list(self, kind: str | None = None, sandbox_id: str | None = None) -> list[Container]:
         out = [
-            copy.copy(c)
+            _copy(c)
             for c in self._records.values()
             if (not kind or c.kind == kind) and (sandbox_id is None or c.sandbox_id == sandbox_id)
         ]
@@ -98,3 +98,9 @@ def _interned(value: Any) -> Any:
     if isinstance(value, dict):
         return {sys.intern(k) if isinstance(k, str) else k: _interned(v) for k, v in value.items()}
     return value
+
+
+def _copy(c: Container) -> Container:
+    out = copy.copy(c)
+    out.labels, out.annotations, out.extra = dict(c.labels), dict(c.annotations), dict(c.extra)
+    return out

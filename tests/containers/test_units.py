@@ -140,7 +140,9 @@ def test_cached_store_answers_like_the_table(tmp_path: Path) -> None:
     assert (updated.status, updated.exit_code) == (EXITED, 3)
     # A copy: assigning a field of what we got does not change the cache.
     updated.status = "bogus"
+    updated.extra["x"], updated.labels["y"] = 1, "z"
     assert store.get(a.id).status == EXITED
+    assert "x" not in store.get(a.id).extra and "y" not in store.resolve("alpha").labels
     assert [c.name for c in store.list()] == ["alpha", "beta"]
     store.delete(b.id)
     with pytest.raises(NotFound):
