@@ -65,18 +65,23 @@ class CachedStore(ContainerStore):
         if not ref or len(ref) > 256 or "\0" in ref:
             raise NotFound(f"container {ref[:80]!r} not found")
         what = "pod sandbox" if kind == "sandbox" else "container"
+        # Exact ID, then exact name, then unique ID prefix: a name made of
+        # hex digits ("cafe") still names its container.
         found = self._records.get(ref)
+        if found is None and ref in self._names:
+            found = self._records.get(self._names[ref])
         if found is None and ID_RE.match(ref):
             matches = [cid for cid in self._records if cid.startswith(ref)]
             if len(matches) > 1:
                 raise InvalidArgument(f"{what} ID prefix {ref!r} is ambiguous")
             if matches:
                 found = self._records[matches[0]]
-        if found is None and ref in self._names:
-            found = self._records.get(self._names[ref])
         if found is None or (kind and found.kind != kind):
             raise NotFound(f"{what} {ref!r} not found")
         return _copy(found)
+
+    def name_taken(self, name: str) -> bool:
+        return name in self._names
 
     def list(self, kind: str | None = None, sandbox_id: str | None = None) -> list[Container]:
         out = [

@@ -111,19 +111,12 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
             raise InvalidArgument("no container given")
         return self.store.resolve(ref)
 
-    def _name_taken(self, name: str) -> bool:
-        try:
-            self.store.resolve(name)
-        except (NotFound, InvalidArgument):
-            return False
-        return True
-
     async def _create(self, request: pb.ContainerCreateRequest) -> Container:
         check_request(request)
         if request.HasField("size"):
             _size(request.size)
-        record = native_record(request, self._name_taken)
-        if self._name_taken(record.name):  # refuse before preparing anything
+        record = native_record(request, self.store.name_taken)
+        if self.store.name_taken(record.name):  # refuse before preparing anything
             raise AlreadyExists(f"name {record.name!r} is in use")
         rt = self.runtime
         return await rt.create(record, spec_builder(request, record, rt.config, rt.logs_dir))

@@ -135,6 +135,11 @@ def test_cached_store_answers_like_the_table(tmp_path: Path) -> None:
             store.resolve(missing)
     with pytest.raises(NotFound):
         store.resolve("alpha", kind="sandbox")
+    hexname = _record("abc")  # a name that is also a prefix of a's ID: the name wins
+    store.add(hexname)
+    assert store.resolve("abc").id == hexname.id and store.name_taken("abc")
+    store.delete(hexname.id)
+    assert not store.name_taken("abc")
 
     updated = store.update(a.id, status=EXITED, exit_code=3)
     assert (updated.status, updated.exit_code) == (EXITED, 3)
