@@ -49,6 +49,7 @@ from pyctr.daemon.cni import CniManager, PortMapping
 from pyctr.daemon.containers import ID_RE, RUNNING, Container, new_id
 from pyctr.daemon.cri_spec import (
     NODE,
+    POD,
     SHM_SIZE,
     TARGET,
     ContainerPlan,
@@ -272,6 +273,9 @@ class SandboxManager:
         ns = config.linux.security_context.namespace_options
         if ns.pid == TARGET or ns.ipc == TARGET or ns.network == TARGET:
             raise InvalidArgument("a pod sandbox cannot use namespace mode TARGET")
+        userns = ns.userns_options
+        if ns.HasField("userns_options") and userns.mode == POD and (userns.uids or userns.gids):
+            raise InvalidArgument("user namespaces are not supported by pyctr (hostUsers: false)")
         host_network = ns.network == NODE
         hostname = config.hostname or (socket.gethostname() if host_network else md.name[:63])
         if not _HOSTNAME_RE.match(hostname):

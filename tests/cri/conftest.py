@@ -210,6 +210,14 @@ def cri_env(tmp_path_factory: pytest.TempPathFactory, leak_check: LeakCheck) -> 
         env.write_conflist()
         yield env
         env.channel.close()
+        daemon.stop()
+        # Every error a test provokes must be an answer, never a crash.
+        unexpected = [line for line in daemon.log().splitlines() if "unexpected error" in line] + (
+            ["Traceback in the daemon log"] if "Traceback" in daemon.log() else []
+        )
+        if unexpected:
+            (tmp_path_factory.getbasetemp() / "cri-pyctrd.log").write_text(daemon.log())
+            pytest.fail("pyctrd logged unexpected errors:\n  " + "\n  ".join(unexpected))
     finally:
         if daemon is not None:
             daemon.stop()
