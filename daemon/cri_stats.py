@@ -248,8 +248,10 @@ class StatsRpcs:
             yield cri.StreamContainerStatsResponse(container_stats=stats[i : i + STREAM_CHUNK])
 
     async def _pod_stats(self, pods: list[Container]) -> list[cri.PodSandboxStats]:
-        store = self.ctx.runtime.store
-        members = {sb.id: store.list(kind="container", sandbox_id=sb.id) for sb in pods}
+        members: dict[str, list[Container]] = {sb.id: [] for sb in pods}
+        for c in self.ctx.runtime.store.list(kind="container"):
+            if c.sandbox_id in members:
+                members[c.sandbox_id].append(c)
         running = [c for group in members.values() for c in group if c.status == RUNNING]
         fs = await self._writable(running)
         collector = self._collector()

@@ -38,7 +38,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,16 @@ class SandboxManager:
     def _lock(self, sid: str) -> asyncio.Lock:
         return self._locks.setdefault(sid, asyncio.Lock())
 
+    @contextlib.asynccontextmanager
+    async def _new_pod_lock(self, sid: str) -> AsyncIterator[None]:
+        """The lock of a pod being made; forgotten again if making it fails."""
+        async with self._lock(sid):
+            try:
+                yield
+            except BaseException:
+                self._locks.pop(sid, None)
+                raise
+
     @contextlib.contextmanager
     def _reservation(self, name: str, cid: str) -> Iterator[None]:
         """Hold `name` for `cid` while it is created; AlreadyExists if taken."""
@@ -297,7 +307,7 @@ class SandboxManager:
         sid = self._new_id()
         with self._reservation(sandbox_name(md), sid):
             image = await self._sandbox_image()
-            async with self._lock(sid), contextlib.AsyncExitStack() as undo:
+            async with self._new_pod_lock(sid), contextlib.AsyncExitStack() as undo:
                 files = self.pod_dir(sid)
                 files.mkdir(parents=True, mode=0o711)
                 undo.callback(self._remove_pod_dir, sid)
@@ -405,9 +415,13 @@ class SandboxManager:
         sb = self.get(ref)
         async with self._lock(sb.id):
             containers = self.store.list(kind="container", sandbox_id=sb.id)
-            await asyncio.gather(
-                *(self.runtime.stop(c.id, 0) for c in containers if c.status == RUNNING)
+            results = await asyncio.gather(
+                *(self.runtime.stop(c.id, 0) for c in containers if c.status == RUNNING),
+                return_exceptions=True,
             )
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, NotFound):
+                    raise result
             sb = self.store.get(sb.id)
             if sb.status == RUNNING:
                 sb = await self.runtime.stop(sb.id, 0)
