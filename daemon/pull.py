@@ -139,6 +139,7 @@ class Puller:
         # never starve the default executor the downloads use.
         self._unpack_pool = concurrent.futures.ThreadPoolExecutor(8, "pyctr-unpack")
         self._unpack_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._live_leases: set[str] = set()  # leases of pulls running in this process
 
     def close(self) -> None:
         self._unpack_pool.shutdown(wait=True, cancel_futures=True)
@@ -178,6 +179,7 @@ class Puller:
         repo = self.registry.repository(r, creds)
         self.leases.expire()  # failed pulls' leases must not pile up between GCs
         lease = self.leases.create(PULL_LEASE_TTL, {"pyctr.io/pull": str(r)})
+        self._live_leases.add(lease.id)
         ok = False
         try:
             image, names = await self._pull(repo, plat, progress, lease.id)
@@ -188,6 +190,9 @@ class Puller:
             progress.set_phase("failed")
             raise
         finally:
+            self._live_leases.discard(lease.id)
+            if ok:
+                self._drop_stale_leases(str(r))
             if ok or not self.leases.resources(lease.id):
                 self.leases.delete(lease.id)
             else:
@@ -196,6 +201,14 @@ class Puller:
         progress.image_id = image.id
         progress.set_phase("done")
         return image
+
+    def _drop_stale_leases(self, ref: str) -> None:
+        """Once a pull of `ref` succeeded, the leases that earlier failed or
+        crashed pulls of it left for a retry have served their purpose: without
+        this they would pin the image's content after its removal for hours."""
+        for old in self.leases.list():
+            if old.labels.get("pyctr.io/pull") == ref and old.id not in self._live_leases:
+                self.leases.delete(old.id)
 
     async def _pull(
         self, repo: Repository, plat: Platform, progress: PullProgress, lease_id: str
