@@ -24,6 +24,11 @@ from pyctr.proto import cri_pb2_grpc
 
 # Exits at once on SIGTERM (`wait` returns when a trapped signal arrives), so a
 # graceful stop measures the runtime, not a grace period.
+# What a kubelet sends for a hostNetwork pod without shareProcessNamespace:
+# the node's network, the pod's IPC, a PID namespace per container.
+NAMESPACES = cri.NamespaceOption(
+    network=cri.NamespaceMode.NODE, ipc=cri.NamespaceMode.POD, pid=cri.NamespaceMode.CONTAINER
+)
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 
 
@@ -68,9 +73,7 @@ class Cri:
             log_directory=str(log_dir),
             linux=cri.LinuxPodSandboxConfig(
                 cgroup_parent=f"{self.cgroup_root}/pod-{name}",
-                security_context=cri.LinuxSandboxSecurityContext(
-                    namespace_options=cri.NamespaceOption(network=cri.NamespaceMode.NODE)
-                ),
+                security_context=cri.LinuxSandboxSecurityContext(namespace_options=NAMESPACES),
             ),
         )
 
@@ -91,7 +94,9 @@ class Cri:
             image=cri.ImageSpec(image=image),
             command=command or SLEEPER,
             log_path=f"{name}.log",
-            linux=cri.LinuxContainerConfig(),
+            linux=cri.LinuxContainerConfig(
+                security_context=cri.LinuxContainerSecurityContext(namespace_options=NAMESPACES)
+            ),
         )
         req = cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
         return str(self.call(self.runtime.CreateContainer, req).container_id)
