@@ -454,11 +454,14 @@ def container_options(
     elif plan.device_rules:
         resources["devices"] = [{"allow": False, "access": "rwm"}, *plan.device_rules]
     parent = pod.cgroup_parent.rstrip("/")
+    cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"working_dir {cwd[:200]!r} must be an absolute path")
     opts = SpecOptions(
         args=args,
         env=env,
         user=user,
-        cwd=config.working_dir or str(image_config.get("WorkingDir") or "/"),
+        cwd=cwd,
         terminal=config.tty,
         readonly_rootfs=ro,
         namespaces=_namespaces(pod, ns_opts.pid, plan.target_pid),
