@@ -52,7 +52,11 @@ def test_containers_survive_kill_9_of_the_daemon(ctr: Ctr, tmp_path: Path) -> No
     ctr.reconnect()
     exits_from = time.time_ns()
     (trigger / "go").touch()
-    wait_for(lambda: not any(_alive(pids[cid]) for cid in short), what="the short ones to exit")
+    # Their shims record the exits (exit.json) without the daemon.
+    wait_for(
+        lambda: all((_task_dir(ctr, cid) / "exit.json").exists() for cid in short),
+        what="the short ones' shims to record their exits",
+    )
     exits_until = time.time_ns()
     time.sleep(0.3)  # so a restart-time stamp could not pass for an exit time
     ctr.d.start()
