@@ -411,12 +411,14 @@ class RuntimeManager:
             if task is not None:
                 await self._teardown_task(c, task.shim)
             await self._release_rootfs(c)
+            # Record first: a crash from here on leaves only orphans, which
+            # the next start sweeps (never a record without its snapshot).
+            self.store.delete(cid)
             if c.snapshot:
                 with contextlib.suppress(NotFound):
                     await asyncio.to_thread(self.ctx.snapshotter.remove, c.snapshot)
             remove_task_dir(self.task_dir(cid))
             self._remove_own_log(c)
-            self.store.delete(cid)
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
         self._publish("/containers/delete", c)
@@ -504,10 +506,10 @@ class RuntimeManager:
             except Unavailable:
                 shim = None
             if shim is not None:
-                self._track(c, shim)
-                log.info("reconnected to the shim of %s", c.id[:12])
                 if c.status == CREATED:
-                    await self._catch_up_start(c, shim)
+                    c = await self._catch_up_start(c, shim)
+                self._track(c, shim)  # its first event says if it exited meanwhile
+                log.info("reconnected to the shim of %s", c.id[:12])
                 return
             left = shim_client.read_exit_record(task_dir) is not None or has_runc_state
             if c.status == RUNNING or left:
@@ -529,12 +531,15 @@ class RuntimeManager:
         if c.extra.get("auto_remove"):
             self._spawn(self._auto_remove(c.id))
 
-    async def _catch_up_start(self, c: Container, shim: ShimClient) -> None:
+    async def _catch_up_start(self, c: Container, shim: ShimClient) -> Container:
         """A crash between `runc start` and recording it: record it now."""
-        with contextlib.suppress(Exception):
+        try:
             state = await shim.state()
-            if state.status in ("running", "paused", "stopped"):
-                self.store.update(c.id, status=RUNNING, pid=state.pid, started_at=time.time_ns())
+        except Exception:
+            return c
+        if state.status in ("running", "paused", "stopped"):
+            return self.store.update(c.id, status=RUNNING, pid=state.pid, started_at=time.time_ns())
+        return c
 
     async def close(self) -> None:
         """Let go of the shims (they and their containers keep running)."""

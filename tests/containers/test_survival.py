@@ -155,3 +155,21 @@ def test_restart_removes_what_no_record_owns(ctr: Ctr) -> None:
     assert not list((ctr.d.state / "runc").iterdir())
     assert ctr.active_snapshots() == set()
     assert not list((ctr.d.root / "logs").iterdir())
+
+
+def test_a_created_container_keeps_its_task_across_a_restart(ctr: Ctr) -> None:
+    c = ctr.create(["sh", "-c", "echo started; exit 6"], name="pending")
+    # Attaching creates the task (shim, `runc create`) without starting it.
+    open_ = pb.ContainerAttachRequest(open=pb.ContainerAttachOpen(container="pending"))
+    call = ctr.api.Attach(iter([open_]))
+    assert next(call).WhichOneof("response") == "ready"
+    call.cancel()
+    shim_pid = int((_task_dir(ctr, c.id) / "shim.pid").read_text())
+    ctr.d.kill()
+    ctr.reconnect()
+    ctr.d.start()
+    assert ctr.get("pending").status == "created" and _alive(shim_pid)
+    ctr.api.Start(pb.ContainerStartRequest(container="pending"), timeout=30)
+    assert ctr.wait("pending").exit_code == 6
+    assert ctr.cli("logs", "pending").stdout == "started\n"
+    wait_for(lambda: not _alive(shim_pid), what="the shim to exit")
