@@ -108,13 +108,16 @@ def _claim_socket(path: Path) -> None:
     raise StartupError(f"another pyctrd is already serving on {path}")
 
 
-def _secure_socket(path: Path, group: str) -> None:
-    gid = 0
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise StartupError(f"socket_group {group!r} does not exist") from None
+def _socket_gid(group: str) -> int:
+    if not group:
+        return 0
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StartupError(f"socket_group {group!r} does not exist") from None
+
+
+def _secure_socket(path: Path, gid: int) -> None:
     os.chown(path, 0, gid)
     os.chmod(path, 0o660)
 
@@ -130,6 +133,8 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon.streaming import start_streaming
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
+    # Checked before anything is served: a bad group must not leave a socket up.
+    socket_gid = _socket_gid(cfg.socket_group)
     # Everything pyctrd creates is private unless it says otherwise.
     os.umask(0o077)
     with _lock_dir(root, "root"), _lock_dir(state, "state"):
@@ -167,7 +172,7 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
                 await server.start()
             finally:
                 os.umask(0o077)
-            _secure_socket(address, cfg.socket_group)
+            _secure_socket(address, socket_gid)
             log.info(
                 "pyctrd %s serving on %s (root %s, state %s, runc %s)",
                 VERSION,
