@@ -25,15 +25,20 @@ pytestmark = pytest.mark.root
 
 
 class Output:
-    """Read what a child writes to an fd (a pipe or a pty master), with deadlines."""
+    """Read what a child writes to an fd (a pipe or a pty master), with deadlines.
+
+    `until` looks for its needle after the previous one found, and returns
+    everything read so far.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.seen = b""
+        self.pos = 0
 
     def until(self, needle: bytes, timeout: float = 15.0) -> bytes:
         deadline = time.monotonic() + timeout
-        while needle not in self.seen:
+        while (found := self.seen.find(needle, self.pos)) < 0:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([self.fd], [], [], max(0.0, left))
             if not ready:
@@ -45,6 +50,7 @@ class Output:
             if not data:
                 raise AssertionError(f"EOF before {needle!r} in {self.seen[-2000:]!r}")
             self.seen += data
+        self.pos = found + len(needle)
         return self.seen
 
 
@@ -79,6 +85,17 @@ def test_tty_session_in_a_real_terminal(ctr: Ctr) -> None:
         assert b"stty size; echo $((6*7)); tty" in seen  # typed input echoed back
         assert b"33 111\r\n" in seen  # the size was there before the shell started
         out.until(b"/dev/pts/")
+        # The window changes: SIGWINCH makes the client pass the new size on.
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 99, 0, 0))
+        proc.send_signal(signal.SIGWINCH)
+        for _ in range(20):  # the resize and our typing travel separately: retry
+            os.write(master, b"stty size\r")
+            start = out.until(b"stty size\r\n") and out.pos
+            if out.until(b"/ # ")[start:].startswith(b"44 99\r\n"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the new size never arrived: {out.seen[-300:]!r}")
         _exec_in_a_terminal_of_its_own(ctr)
         os.write(master, b"exit 3\r")
         assert proc.wait(15) == 3
