@@ -2,8 +2,9 @@
 
 Create and start go through the pod (`SandboxManager`), which checks the
 pod is ready and serialises them with its stop; the rest go straight to the
-runtime manager. Unknown IDs answer NOT_FOUND, except RemoveContainer, which
-succeeds (removal is idempotent, as the kubelet expects). ExecSync that runs
+runtime manager. Unknown IDs answer NOT_FOUND, except StopContainer and
+RemoveContainer, which succeed (both are idempotent in the CRI; critest
+checks it, containerd 2 does it). ExecSync that runs
 out of time answers DEADLINE_EXCEEDED, which the kubelet turns into a probe
 timeout.
 """
@@ -82,9 +83,13 @@ class ContainerRpcs:
     async def StopContainer(  # noqa: N802
         self, request: cri.StopContainerRequest, context: grpc.aio.ServicerContext
     ) -> cri.StopContainerResponse:
-        c = self.ctx.sandboxes.get_container(request.container_id)
+        try:
+            c = self.ctx.sandboxes.get_container(request.container_id)
+        except NotFound:
+            return cri.StopContainerResponse()  # nothing left to stop
         timeout = max(0, request.timeout)
-        await self.ctx.runtime.stop(c.id, timeout, stop_signal(c))
+        with contextlib.suppress(NotFound):  # removed meanwhile
+            await self.ctx.runtime.stop(c.id, timeout, stop_signal(c))
         return cri.StopContainerResponse()
 
     async def RemoveContainer(  # noqa: N802

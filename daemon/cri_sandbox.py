@@ -1,14 +1,16 @@
 """CRI pod sandbox calls, over `SandboxManager` (ctx.sandboxes).
 
-Unknown IDs: PodSandboxStatus and StopPodSandbox answer NOT_FOUND (as
-containerd does; the kubelet treats NOT_FOUND from StopPodSandbox as "already
-gone"), RemovePodSandbox succeeds. A unique ID prefix works wherever an ID
-does. Also here: the runtime settings the kubelet pushes (UpdateRuntimeConfig)
-and reads (RuntimeConfig).
+Unknown IDs: PodSandboxStatus answers NOT_FOUND (the kubelet reads it as
+"gone"); StopPodSandbox and RemovePodSandbox succeed, since the CRI makes
+them idempotent and critest calls them with unknown IDs (containerd 2 does
+the same). A unique ID prefix works wherever an ID does. Also here: the
+runtime settings the kubelet pushes (UpdateRuntimeConfig) and reads
+(RuntimeConfig).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -16,7 +18,7 @@ import grpc
 
 from pyctr.daemon import cri_convert as convert
 from pyctr.daemon.context import Context
-from pyctr.daemon.errors import InvalidArgument
+from pyctr.daemon.errors import InvalidArgument, NotFound
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ class SandboxRpcs:
     async def StopPodSandbox(  # noqa: N802
         self, request: cri.StopPodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> cri.StopPodSandboxResponse:
-        await self.ctx.sandboxes.stop(request.pod_sandbox_id)
+        with contextlib.suppress(NotFound):  # nothing left to stop
+            await self.ctx.sandboxes.stop(request.pod_sandbox_id)
         return cri.StopPodSandboxResponse()
 
     async def RemovePodSandbox(  # noqa: N802

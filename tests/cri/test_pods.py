@@ -317,9 +317,7 @@ def test_names_ids_filters_and_idempotency(cri_env: CriEnv, kube: Kubelet) -> No
     missing = "f" * 64 if not pod_id.startswith("f") else "e" * 64
     for call, req in (
         (kube.rt.PodSandboxStatus, cri.PodSandboxStatusRequest(pod_sandbox_id=missing)),
-        (kube.rt.StopPodSandbox, cri.StopPodSandboxRequest(pod_sandbox_id=missing)),
         (kube.rt.ContainerStatus, cri.ContainerStatusRequest(container_id=missing)),
-        (kube.rt.StopContainer, cri.StopContainerRequest(container_id=missing)),
         (kube.rt.ContainerStatus, cri.ContainerStatusRequest(container_id=pod_id)),
         (kube.rt.PodSandboxStatus, cri.PodSandboxStatusRequest(pod_sandbox_id=cid)),
         (kube.rt.ExecSync, cri.ExecSyncRequest(container_id=missing, cmd=["true"])),
@@ -327,7 +325,9 @@ def test_names_ids_filters_and_idempotency(cri_env: CriEnv, kube: Kubelet) -> No
         with pytest.raises(grpc.RpcError) as e:
             call(req, timeout=10)
         assert code_of(e.value) == grpc.StatusCode.NOT_FOUND, call
-    # Removing what does not exist succeeds.
+    # Stopping and removing what does not exist succeeds.
+    kube.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=missing), timeout=10)
+    kube.rt.StopContainer(cri.StopContainerRequest(container_id=missing), timeout=10)
     kube.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=missing), timeout=10)
     kube.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=missing), timeout=10)
 
