@@ -411,6 +411,11 @@ class RuntimeManager:
             if task is not None:
                 await self._teardown_task(c, task.shim)
             await self._release_rootfs(c)
+            # A failed `runc delete` (at exit, say) left runc's state, cgroup
+            # and shim behind: clean them now, or fail and keep the record.
+            task_dir = self.task_dir(cid)
+            if (Path(self.runc_root) / cid).exists() or shim_client.read_shim_pid(task_dir):
+                await self._cleanup_dead_shim(cid)
             # Record first: a crash from here on leaves only orphans, which
             # the next start sweeps (never a record without its snapshot).
             self.store.delete(cid)
