@@ -90,6 +90,9 @@ class RuntimeManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, ExitEvent] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # The loop holds tasks weakly: a watcher busy with an exit after its
+        # Task entry is popped would be collected mid-teardown without this.
+        self._watchers: set[asyncio.Task[None]] = set()
 
     # -- paths and helpers ---------------------------------------------------
 
@@ -225,6 +228,9 @@ class RuntimeManager:
                 raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not created")
             task = self._tasks.get(cid)
             shim = task.shim if task is not None else await self._create_task(c)
+            # Stamped before `runc start`: a process that exits at once must
+            # not report finishing before it started.
+            started_at = time.time_ns()
             try:
                 pid = await shim.start()
             except Exception as e:
@@ -233,7 +239,7 @@ class RuntimeManager:
                     await self._teardown_task(c, task.shim)
                 await self._start_failed(c, str(e))
                 raise
-            c = self.store.update(cid, status=RUNNING, pid=pid, started_at=time.time_ns())
+            c = self.store.update(cid, status=RUNNING, pid=pid, started_at=started_at)
         self._publish("/tasks/start", c, pid=pid)
         return c
 
@@ -242,6 +248,8 @@ class RuntimeManager:
         task = Task(shim=shim)
         self._tasks[c.id] = task
         task.watcher = asyncio.create_task(self._watch(c.id, shim))
+        self._watchers.add(task.watcher)
+        task.watcher.add_done_callback(self._watchers.discard)
 
     async def _drop_task(self, cid: str) -> Task | None:
         """Forget a task without recording an exit (the caller tears it down)."""
