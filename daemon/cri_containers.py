@@ -192,13 +192,12 @@ class ContainerRpcs:
     ) -> AsyncIterator[cri.ContainerEventResponse]:
         sub = self.ctx.events.subscribe(*_EVENT_TYPES)
         # Which pod each CRI container belongs to, kept for its delete event
-        # (the record is gone by then), and each pod's last status.
-        owners: dict[str, str] = {
-            c.id: c.sandbox_id or c.id
-            for c in self.ctx.runtime.store.list()
-            if c.kind == "sandbox" or c.sandbox_id
-        }
-        pods: dict[str, cri.PodSandboxStatus] = {}
+        # (the record is gone by then), and each pod's last status, from the
+        # start: the kubelet drops an event whose pod status has no metadata,
+        # so a pod deleted later needs it even if nothing else of it was seen.
+        records = [c for c in self.ctx.runtime.store.list() if c.kind == "sandbox" or c.sandbox_id]
+        owners: dict[str, str] = {c.id: c.sandbox_id or c.id for c in records}
+        pods = {c.id: convert.pod_status(c) for c in records if c.kind == "sandbox"}
         try:
             async for event in sub:
                 response = self._event_response(event, owners, pods)

@@ -116,10 +116,14 @@ def container_metadata(c: Container) -> cri.ContainerMetadata:
     return cri.ContainerMetadata(name=md.get("name", c.name), attempt=md.get("attempt", 0))
 
 
-def image_spec(c: Container) -> cri.ImageSpec:
+def image_spec(c: Container, for_status: bool = False) -> cri.ImageSpec:
+    """The container's ImageSpec as created; for ContainerStatus, with the
+    image's tag in place of the ID the kubelet created it from (containerd's
+    shape: the kubelet shows status.image.image to users)."""
     spec = c.extra.get("image_spec") or {}
+    name = c.extra.get("image_name") if for_status else ""
     return cri.ImageSpec(
-        image=spec.get("image") or c.image,
+        image=name or spec.get("image") or c.image,
         annotations=spec.get("annotations") or {},
         user_specified_image=spec.get("user_specified_image", ""),
         runtime_handler=spec.get("runtime_handler", ""),
@@ -132,7 +136,9 @@ def container_summary(c: Container) -> cri.Container:
         pod_sandbox_id=c.sandbox_id,
         metadata=container_metadata(c),
         image=image_spec(c),
-        image_ref=c.extra.get("image_ref") or c.image_id,
+        # The image ID, as containerd lists it: kubelets before 1.30 key their
+        # image GC's in-use set on Container.image_ref and match it to Image.id.
+        image_ref=c.image_id or c.extra.get("image_ref", ""),
         state=container_state(c),  # type: ignore[arg-type]
         created_at=c.created_at,
         labels=c.labels,
@@ -167,7 +173,8 @@ def container_status(c: Container) -> cri.ContainerStatus:
         started_at=c.started_at,
         finished_at=c.finished_at,
         exit_code=c.exit_code if c.status == EXITED else 0,
-        image=image_spec(c),
+        image=image_spec(c, for_status=True),
+        # The repo digest (the pod's containerStatuses[].imageID).
         image_ref=c.extra.get("image_ref") or c.image_id,
         reason=c.reason if c.status == EXITED else "",
         message=c.message if c.status == EXITED else "",

@@ -7,6 +7,11 @@ the stats of a node's containers costs file reads only. CPU rate
 The writable layer's usage is measured on the snapshot (off the event loop).
 A pod's usage is its cgroup parent's when the kubelet named one, else the
 sum of its members.
+
+Every container not yet removed has stats, as in containerd: created and
+exited ones have their writable layer only. The kubelet counts an exited
+container's layer (a finished init container's, a crash-looping one's) in
+its pod's ephemeral-storage usage.
 """
 
 from __future__ import annotations
@@ -226,7 +231,6 @@ class StatsRpcs:
             c
             for c in self.ctx.runtime.store.list(kind="container")
             if c.sandbox_id
-            and c.status == RUNNING
             and (not f.id or c.id.startswith(f.id))
             and (not f.pod_sandbox_id or c.sandbox_id.startswith(f.pod_sandbox_id))
             and convert.labels_match(c.labels, f.label_selector)
@@ -252,14 +256,10 @@ class StatsRpcs:
         for c in self.ctx.runtime.store.list(kind="container"):
             if c.sandbox_id in members:
                 members[c.sandbox_id].append(c)
-        running = [c for group in members.values() for c in group if c.status == RUNNING]
-        fs = await self._writable(running)
+        fs = await self._writable([c for group in members.values() for c in group])
         collector = self._collector()
-        out = []
-        for sb in pods:
-            live = [c for c in members[sb.id] if c.status == RUNNING]
-            out.append(collector.pod(sb, live, fs))
-        return out
+        # (collector.pod sums the usage of running members only)
+        return [collector.pod(sb, members[sb.id], fs) for sb in pods]
 
     async def PodSandboxStats(  # noqa: N802
         self, request: cri.PodSandboxStatsRequest, context: grpc.aio.ServicerContext

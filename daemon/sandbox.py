@@ -60,6 +60,7 @@ from pyctr.daemon.cri_spec import (
     sandbox_options,
 )
 from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyctr.daemon.reference import parse
 from pyctr.proto import cri_pb2 as cri
 from pyctr.snapshotter.mount import Mount as HostMount
 from pyctr.snapshotter.mount import unmount_all
@@ -143,6 +144,19 @@ def container_log_path(log_directory: str, log_path: str) -> str:
     if os.path.isabs(log_path) or ".." in parts or "\0" in log_path:
         raise InvalidArgument(f"log_path {log_path[:200]!r} must stay inside the log directory")
     return os.path.join(log_directory, log_path)
+
+
+def status_image_name(image: Any, spec: cri.ImageSpec) -> str:
+    """The name ContainerStatus reports for the image (the kubelet shows it as
+    the pod's containerStatuses[].image): a tag of the image, as containerd
+    gives, preferring the one the pod spec named; "" if it has none. The
+    kubelet creates containers from the image ID, which says little to a user."""
+    tags: list[str] = image.repo_tags
+    with contextlib.suppress(InvalidArgument):
+        wanted = parse(spec.user_specified_image or spec.image).tagged_name
+        if wanted in tags:
+            return wanted
+    return tags[0] if tags else ""
 
 
 def _host_file(path: str) -> str:
@@ -488,6 +502,7 @@ class SandboxManager:
                             "runtime_handler": config.image.runtime_handler,
                         },
                         "image_ref": image.repo_digests[0] if image.repo_digests else image.id,
+                        "image_name": status_image_name(image, config.image),
                         "log_path": log_path,
                         "tty": config.tty,
                         "stdin": config.stdin,

@@ -107,7 +107,8 @@ def test_kubelet_sequence_leaves_nothing_behind(cri_env: CriEnv, kube: Kubelet) 
     kube.start(cid)
     st = kube.wait_state(cid, cri.CONTAINER_RUNNING)
     assert st.state == cri.CONTAINER_RUNNING
-    assert st.image.image == image_ref and st.image.user_specified_image == cri_env.app_ref
+    # The status names the image by its tag (the kubelet shows it), not the ID.
+    assert st.image.image == cri_env.app_ref == st.image.user_specified_image
     assert st.image_id == image_ref
     assert st.image_ref.startswith(cri_env.app_ref.rsplit(":", 1)[0] + "@sha256:")
     log_path = st.log_path
