@@ -7,6 +7,8 @@ Kubelet expectations this layer keeps:
 - RemoveImage of an unknown image succeeds (removal is idempotent).
 - RepoDigests are `repo@<digest the name resolved to>`; the user is reported
   as a numeric uid when it is one, else as a name.
+- The sandbox image is pinned (as containerd pins it): the kubelet's image GC
+  skips pinned images, and it does not count pause containers as users.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ from pyctr.proto import cri_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-def cri_image(image: Image) -> pb.Image:
+def cri_image(image: Image, pinned_names: frozenset[str] = frozenset()) -> pb.Image:
     out = pb.Image(
         id=image.id,
         repo_tags=image.repo_tags,
         repo_digests=image.repo_digests,
         size=image.size,
         spec=pb.ImageSpec(image=image.id),
-        pinned=image.pinned,
+        pinned=image.pinned or any(n.name in pinned_names for n in image.names),
     )
     user = image.user.split(":", 1)[0]
     if user.isdigit():
@@ -66,9 +68,22 @@ def credentials(auth: pb.AuthConfig | None, domain: str) -> Credentials | None:
     )
 
 
+def reference_names(ref: str) -> frozenset[str]:
+    """The names an image pulled as `ref` is stored under; none if invalid."""
+    try:
+        r = parse(ref)
+    except InvalidArgument:
+        return frozenset()
+    return frozenset(n for n in (r.tagged_name, r.digest and r.with_digest(r.digest)) if n)
+
+
 class ImageService(cri_pb2_grpc.ImageServiceServicer):
     def __init__(self, manager: ImageManager) -> None:
         self.manager = manager
+        self.pinned_names = reference_names(manager.config.cri.sandbox_image)
+
+    def _image(self, image: Image) -> pb.Image:
+        return cri_image(image, self.pinned_names)
 
     async def PullImage(  # noqa: N802 (gRPC method names)
         self, request: pb.PullImageRequest, context: grpc.aio.ServicerContext
@@ -91,7 +106,7 @@ class ImageService(cri_pb2_grpc.ImageServiceServicer):
             images = [image] if image else []
         else:
             images = self.manager.store.list()
-        return pb.ListImagesResponse(images=[cri_image(i) for i in images])
+        return pb.ListImagesResponse(images=[self._image(i) for i in images])
 
     async def ImageStatus(  # noqa: N802
         self, request: pb.ImageStatusRequest, context: grpc.aio.ServicerContext
@@ -102,7 +117,7 @@ class ImageService(cri_pb2_grpc.ImageServiceServicer):
         image = self.manager.store.find(ref)
         if image is None:
             return pb.ImageStatusResponse()
-        resp = pb.ImageStatusResponse(image=cri_image(image))
+        resp = pb.ImageStatusResponse(image=self._image(image))
         if request.verbose:
             info = {
                 "id": image.id,
