@@ -18,9 +18,18 @@ from pyctr.daemon.cri_containers import ContainerRpcs
 from pyctr.daemon.cri_sandbox import SandboxRpcs
 from pyctr.daemon.cri_stats import StatsRpcs
 from pyctr.daemon.cri_streaming import StreamingRpcs
+from pyctr.daemon.sandbox import RUNTIME_HANDLERS
 from pyctr.daemon.version import CRI_API_VERSION, RUNTIME_NAME, VERSION
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
+
+# What each handler RunPodSandbox accepts supports (the kubelet shows them in
+# the node's status and refuses pods needing what is missing): neither
+# recursive read-only mounts nor user namespaces.
+RUNTIME_HANDLER_FEATURES = [
+    cri.RuntimeHandler(name=name, features=cri.RuntimeHandlerFeatures())
+    for name in RUNTIME_HANDLERS
+]
 
 
 class RuntimeRpcs:
@@ -55,7 +64,12 @@ class RuntimeRpcs:
                 {"runc": self.ctx.runc_path, "cgroup": host.cgroup_version()}
             )
         return cri.StatusResponse(
-            status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]), info=info
+            status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
+            info=info,
+            runtime_handlers=RUNTIME_HANDLER_FEATURES,
+            # Strict supplemental groups are honoured; the kubelet (1.33+)
+            # refuses Strict pods on a node whose runtime does not say so.
+            features=cri.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     def _network_condition(self) -> cri.RuntimeCondition:

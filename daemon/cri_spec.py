@@ -371,6 +371,10 @@ def resolve_identity(
         raise
     if strict_groups:
         user.additional_gids = list(dict.fromkeys(extra))
+    if user.gid not in user.additional_gids:
+        # The primary group is one of the process's groups, as containerd and
+        # CRI-O list it: ContainerStatus.user shows it, and critest checks it.
+        user.additional_gids.insert(0, user.gid)
     return user
 
 
@@ -410,6 +414,9 @@ def container_options(
     args = process_args(image_config, list(config.command), list(config.args))
     if not args:
         raise InvalidArgument("the container has no command: none given and none in the image")
+    if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
+        # As containerd and critest have it (the kubelet always sends a user).
+        raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
     user = resolve_identity(
         rootfs,
         str(image_config.get("User") or ""),

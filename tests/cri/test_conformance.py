@@ -133,6 +133,14 @@ def test_version_status_and_runtime_config(cri_env: CriEnv) -> None:
     conds = {c.type: c for c in status.status.conditions}
     assert conds["RuntimeReady"].status and conds["NetworkReady"].status
     assert status.info  # crictl info shows it
+    # The node's status shows these; the kubelet refuses pods that need a
+    # feature the runtime does not claim (Strict supplemental groups, user
+    # namespaces, recursive read-only mounts).
+    assert status.features.supplemental_groups_policy
+    handlers = {h.name: h.features for h in status.runtime_handlers}
+    assert set(handlers) == {"", "runc"}
+    for features in handlers.values():
+        assert not features.user_namespaces and not features.recursive_read_only_mounts
 
     # The kubelet (1.28+) takes its cgroup driver from here, and so does critest.
     linux = rt.RuntimeConfig(cri.RuntimeConfigRequest()).linux
@@ -391,6 +399,22 @@ def test_stop_remove_and_name_conflicts(pod: SharedPod) -> None:
         kube.rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=5), timeout=30)
     # The name is free again once its container is removed.
     pod.create("stubborn")
+
+
+def test_run_as_group_needs_a_user(pod: SharedPod) -> None:
+    # critest: refused, as containerd refuses it (the kubelet always sends
+    # run_as_user or run_as_username, from the image if the pod has none).
+    group_only = cri.LinuxContainerSecurityContext(run_as_group=cri.Int64Value(value=1002))
+    with pytest.raises(grpc.RpcError) as e:
+        pod.create("group-only", security=group_only)
+    assert code_of(e.value) == grpc.StatusCode.INVALID_ARGUMENT
+    both = cri.LinuxContainerSecurityContext(
+        run_as_user=cri.Int64Value(value=1001), run_as_group=cri.Int64Value(value=1002)
+    )
+    cid = pod.run("group-only", security=both)  # the name was not taken
+    assert pod.kube.sh(cid, "echo $(id -u):$(id -g)") == "1001:1002\n"
+    user = pod.kube.status(cid).user.linux
+    assert (user.uid, user.gid, list(user.supplemental_groups)) == (1001, 1002, [1002])
 
 
 def test_exec_sync_and_streaming_urls(pod: SharedPod) -> None:

@@ -61,13 +61,14 @@ def test_users_groups_and_supplemental_groups(
 ) -> None:
     pod_id, config = pod
     root = kube.run(pod_id, config, "root")
-    assert identity(kube, root) == ([0] * 4, [0] * 4, [])
+    # The primary group is among the groups too (as with containerd).
+    assert identity(kube, root) == ([0] * 4, [0] * 4, [0])
 
     by_uid = kube.run(pod_id, config, "uid", security=SC(run_as_user=cri.Int64Value(value=1000)))
     # The primary group from the image's /etc/passwd, the others from its /etc/group.
-    assert identity(kube, by_uid) == ([1000] * 4, [1000] * 4, [2000, 2001])
+    assert identity(kube, by_uid) == ([1000] * 4, [1000] * 4, [1000, 2000, 2001])
     st = kube.status(by_uid).user.linux
-    assert (st.uid, st.gid, list(st.supplemental_groups)) == (1000, 1000, [2000, 2001])
+    assert (st.uid, st.gid, sorted(st.supplemental_groups)) == (1000, 1000, [1000, 2000, 2001])
 
     everything = SC(
         run_as_user=cri.Int64Value(value=1000),
@@ -75,7 +76,7 @@ def test_users_groups_and_supplemental_groups(
         supplemental_groups=[4000, 2000],
     )
     full = kube.run(pod_id, config, "full", security=everything)
-    assert identity(kube, full) == ([1000] * 4, [3000] * 4, [2000, 2001, 4000])
+    assert identity(kube, full) == ([1000] * 4, [3000] * 4, [2000, 2001, 3000, 4000])
 
     named = kube.run(pod_id, config, "named", security=SC(run_as_username="app"))
     assert identity(kube, named)[:2] == ([1000] * 4, [1000] * 4)
@@ -86,7 +87,9 @@ def test_users_groups_and_supplemental_groups(
         supplemental_groups_policy=cri.Strict,
     )
     only = kube.run(pod_id, config, "strict", security=strict)
-    assert identity(kube, only)[2] == [4000]
+    assert identity(kube, only)[2] == [1000, 4000]
+    st = kube.status(only).user.linux
+    assert sorted(st.supplemental_groups) == [1000, 4000]
 
     nobody = kube.container_config("x", security=SC(run_as_username="nope"))
     with pytest.raises(grpc.RpcError) as e:
