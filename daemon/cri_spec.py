@@ -224,12 +224,12 @@ def host_mount(m: cri.Mount) -> tuple[Mount, dict[str, Any]]:
     if m.recursive_read_only:
         raise InvalidArgument("recursive read-only mounts are not supported by pyctr")
     dest = _clean_abs(m.container_path, "mount container_path")
-    source = _clean_abs(m.host_path, "mount host_path")
-    if not os.path.lexists(source):
+    requested = _clean_abs(m.host_path, "mount host_path")
+    if not os.path.lexists(requested):
         # The kubelet expects a missing hostPath to appear as a directory.
-        _make_dirs(source)
+        _make_dirs(requested)
     # Resolve links now, on the host, so the bind names the real place.
-    source = os.path.realpath(source)
+    source = os.path.realpath(requested)
     propagation = _PROPAGATION.get(m.propagation)
     if propagation is None:
         raise InvalidArgument(f"unknown mount propagation {m.propagation}")
@@ -245,9 +245,9 @@ def host_mount(m: cri.Mount) -> tuple[Mount, dict[str, Any]]:
         if opt not in _MOUNT_OPTIONS:
             raise InvalidArgument(f"mount option {opt!r} is not allowed")
         options.append(opt)
-    status = {
+    status = {  # the mount as asked for (ContainerStatus echoes it, as containerd does)
         "container_path": dest,
-        "host_path": source,
+        "host_path": requested,
         "readonly": m.readonly,
         "propagation": int(m.propagation),
         "selinux_relabel": m.selinux_relabel,

@@ -21,6 +21,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -399,6 +400,22 @@ def test_stop_remove_and_name_conflicts(pod: SharedPod) -> None:
         kube.rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=5), timeout=30)
     # The name is free again once its container is removed.
     pod.create("stubborn")
+
+
+def test_volume_through_a_symlink_and_mounts_in_status(pod: SharedPod, tmp_path: Path) -> None:
+    # critest: a host path that is a symlink; ContainerStatus.mounts echo the
+    # request (the kubelet finds the termination-message file through them).
+    real = tmp_path / "volume"
+    real.mkdir()
+    (real / "testVolume.file").write_text("")
+    link = tmp_path / "volume-symlink"
+    link.symlink_to(real)
+    mount = cri.Mount(container_path=str(link), host_path=str(link), selinux_relabel=True)
+    cid = pod.run("volume", mounts=[mount])
+    assert pod.kube.sh(cid, f"ls -A {link}") == "testVolume.file\n"
+    [m] = pod.kube.status(cid).mounts
+    assert (m.container_path, m.host_path, m.readonly) == (str(link), str(link), False)
+    assert m.propagation == cri.PROPAGATION_PRIVATE and m.selinux_relabel
 
 
 def test_run_as_group_needs_a_user(pod: SharedPod) -> None:
