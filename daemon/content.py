@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -32,7 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pyctr.daemon.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from pyctr.daemon.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from pyctr.daemon.reference import validate_digest
 
 CHUNK = 1 << 20
@@ -132,8 +139,20 @@ class IngestWriter:
             raise DataLoss(
                 f"blob {self.digest} is larger than its descriptor says ({self.size} bytes)"
             )
+        try:
+            # An unbuffered write may be short (a disk filling up): the rest
+            # must follow, or the error must come, never silently less.
+            view = memoryview(chunk)
+            while view:
+                view = view[self._file.write(view) :]
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Keeping the partial download would hold the space a full disk
+                # needs back; a retry starts over.
+                self.abort()
+                raise ResourceExhausted(f"blob {self.digest}: {e.strerror}") from None
+            raise
         self._hash.update(chunk)
-        self._file.write(chunk)
         self.offset += len(chunk)
 
     def reset(self) -> None:
@@ -159,6 +178,9 @@ class IngestWriter:
             self.abort()
             raise DataLoss(f"blob {self.digest}: content hashes to {actual}")
         os.fsync(self._file.fileno())
+        if os.fstat(self._file.fileno()).st_size != self.size:  # what is on disk counts
+            self.abort()
+            raise DataLoss(f"blob {self.digest}: the stored file is not {self.size} bytes long")
         target = self.store.path(self.digest)
         os.replace(self.dir / "data", target)
         _fsync_dir(target.parent)

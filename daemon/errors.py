@@ -8,6 +8,9 @@ message, never the traceback itself.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 import grpc
 
 
@@ -65,3 +68,13 @@ class DataLoss(PyctrError):
     """Content that does not match its digest or size."""
 
     code = grpc.StatusCode.DATA_LOSS
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Did this fail because a filesystem (or the metadata database on it) is full?"""
+    if isinstance(exc, ResourceExhausted):
+        return "no space left" in str(exc).lower()
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    # SQLite's SQLITE_FULL: the database could not grow.
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 from pyctr.daemon import config as cfg
 from pyctr.daemon.content import ContentStore, ingest_ref
-from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument
+from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
 from pyctr.daemon.images import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
 from pyctr.daemon.leases import PULL_LEASE_TTL, Leases
 from pyctr.daemon.reference import parse, validate_digest
@@ -188,6 +188,8 @@ class Puller:
         except BaseException as e:
             progress.error = str(e) or type(e).__name__
             progress.set_phase("failed")
+            if disk_full(e):
+                self._drop_partial_downloads(lease.id)
             raise
         finally:
             self._live_leases.discard(lease.id)
@@ -201,6 +203,14 @@ class Puller:
         progress.image_id = image.id
         progress.set_phase("done")
         return image
+
+    def _drop_partial_downloads(self, lease_id: str) -> None:
+        """On a full disk the space matters more than resuming: drop this
+        pull's partial downloads (its complete blobs stay, for a retry)."""
+        for kind, key in self.leases.resources(lease_id):
+            if kind == "ingest":
+                with contextlib.suppress(Exception):
+                    self.content.remove_ingest(key)
 
     def _drop_stale_leases(self, ref: str) -> None:
         """Once a pull of `ref` succeeded, the leases that earlier failed or

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from pyctr.daemon.context import Context
-from pyctr.daemon.errors import InvalidArgument, PyctrError
+from pyctr.daemon.errors import InvalidArgument, PyctrError, disk_full
 
 log = logging.getLogger("pyctr.rpc")
 
@@ -32,6 +32,11 @@ def _status_for(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, f"{method.lstrip('/')} is not implemented by pyctr"
+    if disk_full(exc):
+        # Not a bug, and nothing the client did wrong: the node is out of space.
+        log.warning("%s: disk full: %s", method, exc)
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"no space left on device{where}"
     log.error("unexpected error in %s", method, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error in {method.lstrip('/')}; see the pyctrd log"
 

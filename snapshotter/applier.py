@@ -19,15 +19,18 @@ chain ID unpacks it, the others wait for it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import io
 import logging
+import os
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
@@ -42,6 +45,7 @@ from pyctr.daemon.errors import (
     PyctrError,
 )
 from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
+from pyctr.snapshotter.fsutil import remove_tree
 from pyctr.snapshotter.lowers import settle_implicit_dirs
 from pyctr.snapshotter.unpack import Extracted, extract
 
@@ -209,6 +213,8 @@ class Unpacker:
         self.sn = snapshotter
         self.allow_devices = allow_devices
         self.max_parallel = max(1, max_parallel)
+        self._lock = threading.Lock()
+        self._undiscarded: list[str] = []  # extraction snapshots a full disk kept
 
     def _committed(self, chain: str) -> bool:
         try:
@@ -276,7 +282,8 @@ class Unpacker:
             # Stop extractions not started; wait for running ones to stop.
             pool.shutdown(wait=True, cancel_futures=True)
             for target in targets.values():
-                self._discard(target.key)
+                self._discard(target.key, target.path)
+            self._discard_leftovers()
             for i in mine:
                 # Released before waiters wake, so a retrying waiter can claim it.
                 _Flights.release(self.sn, chains[i])
@@ -314,7 +321,7 @@ class Unpacker:
                 raise DataLoss(f"{what}: uncompressed content has digest {got}")
         except BaseException:
             targets.pop(i, None)
-            self._discard(key)
+            self._discard(key, target.path)
             raise
         log.debug(
             "%s: %d entries, %d bytes in %.3fs",
@@ -336,24 +343,52 @@ class Unpacker:
                 )
             self.sn.commit_layer(chains[i], target.key, parent, {DIFF_ID_LABEL: layer.diff_id})
         except AlreadyExists:
-            self._discard(target.key)  # committed by someone else meanwhile: same content
+            self._discard(target.key, target.path)  # committed by someone else meanwhile
             if self.sn.stat(chains[i]).kind != Kind.COMMITTED:
                 raise FailedPrecondition(
                     f"snapshot {chains[i]!r} exists but is not committed; remove it first"
                 ) from None
         except PyctrError as e:
-            self._discard(target.key)
+            self._discard(target.key, target.path)
             if isinstance(e, InvalidArgument):
                 raise InvalidArgument(f"layer {i} ({layer.diff_id}): {e}") from None
             raise
         except BaseException:
-            self._discard(target.key)
+            self._discard(target.key, target.path)
             raise
 
-    def _discard(self, key: str) -> None:
+    def _discard(self, key: str, path: Path | None = None) -> None:
+        try:
+            self.sn.remove(key)
+            return
+        except NotFound:
+            return
+        except Exception:
+            if path is None:
+                log.exception("could not remove extraction snapshot %s", key)
+                return
+        # A full disk refuses even the row's removal (SQLite needs room to
+        # write): free the extraction's tree, never needed again, and retry;
+        # if other extractions took the room meanwhile, once they have stopped
+        # (_unpack_from). Whatever still fails, reconcile() clears at start.
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(path):
+                remove_tree(Path(entry.path))
         try:
             self.sn.remove(key)
         except NotFound:
             pass
         except Exception:
-            log.exception("could not remove extraction snapshot %s", key)
+            with self._lock:
+                self._undiscarded.append(key)
+
+    def _discard_leftovers(self) -> None:
+        with self._lock:
+            keys, self._undiscarded = self._undiscarded, []
+        for key in keys:
+            try:
+                self.sn.remove(key)
+            except NotFound:
+                pass
+            except Exception:
+                log.exception("could not remove extraction snapshot %s", key)

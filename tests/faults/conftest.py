@@ -16,14 +16,19 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from pyctr.proto import containers_pb2 as pb
 from pyctr.proto import containers_pb2_grpc, cri_pb2, cri_pb2_grpc, images_pb2, images_pb2_grpc
+from tests.conftest import TOKEN
 from tests.support.daemon import PyctrDaemon
 from tests.support.images import BuiltImage, build_image, busybox_layer, files_layer, push
 from tests.support.registry import Registry
@@ -165,3 +170,113 @@ def client_factory(daemon_factory: Callable[..., PyctrDaemon]) -> Iterator[Calla
 def rpc_error(call: object) -> tuple[grpc.StatusCode, str]:
     assert isinstance(call, grpc.RpcError), call
     return call.code(), call.details() or ""  # type: ignore[attr-defined]
+
+
+# -- CRI pods without networking (host network: no CNI needed) ----------------------
+
+
+class Pods:
+    """Host-network pods and their containers, made and cleaned up like the kubelet does."""
+
+    def __init__(self, cl: Client, image: str) -> None:
+        self.cl = cl
+        self.image = image
+        self.pods: list[str] = []
+        self.cgroups: list[str] = []
+
+    def config(self, name: str, log_dir: str = "") -> cri_pb2.PodSandboxConfig:
+        uid = uuid.uuid4().hex
+        cgroup = f"/{TOKEN}/pod{uid[:12]}"
+        self.cgroups.append(cgroup)
+        return cri_pb2.PodSandboxConfig(
+            metadata=cri_pb2.PodSandboxMetadata(name=name, uid=uid, namespace="faults"),
+            log_directory=log_dir or str(self.cl.d.base / "pod-logs" / uid),
+            linux=cri_pb2.LinuxPodSandboxConfig(
+                cgroup_parent=cgroup,
+                security_context=cri_pb2.LinuxSandboxSecurityContext(
+                    namespace_options=cri_pb2.NamespaceOption(network=cri_pb2.NODE)
+                ),
+            ),
+        )
+
+    def run(self, name: str, log_dir: str = "") -> tuple[str, cri_pb2.PodSandboxConfig]:
+        config = self.config(name, log_dir)
+        req = cri_pb2.RunPodSandboxRequest(config=config)
+        pod_id = self.cl.rt.RunPodSandbox(req, timeout=60).pod_sandbox_id
+        self.pods.append(pod_id)
+        return pod_id, config
+
+    def container(
+        self,
+        pod_id: str,
+        pod: cri_pb2.PodSandboxConfig,
+        name: str,
+        command: list[str],
+        start: bool = True,
+        **kw: Any,
+    ) -> str:
+        config = cri_pb2.ContainerConfig(
+            metadata=cri_pb2.ContainerMetadata(name=name),
+            image=cri_pb2.ImageSpec(image=self.image),
+            command=command,
+            log_path=f"{name}.log",
+            **kw,
+        )
+        req = cri_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod
+        )
+        cid = self.cl.rt.CreateContainer(req, timeout=60).container_id
+        if start:
+            self.cl.rt.StartContainer(cri_pb2.StartContainerRequest(container_id=cid), timeout=60)
+        return cid
+
+    def status(self, cid: str) -> cri_pb2.ContainerStatus:
+        req = cri_pb2.ContainerStatusRequest(container_id=cid)
+        return self.cl.rt.ContainerStatus(req, timeout=10).status
+
+    def remove(self, pod_id: str) -> None:
+        rt = self.cl.rt
+        rt.StopPodSandbox(cri_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        rt.RemovePodSandbox(cri_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        self.pods.remove(pod_id)
+
+    def cleanup(self) -> None:
+        if self.cl.d.proc is not None and self.cl.d.proc.poll() is None:
+            for pod_id in list(self.pods):
+                with contextlib.suppress(grpc.RpcError):
+                    self.remove(pod_id)
+        remove_pod_cgroups(self.cgroups)
+
+
+def remove_pod_cgroups(paths: list[str]) -> None:
+    """What the kubelet does once a pod is gone: remove its pod cgroup."""
+    root = Path("/sys/fs/cgroup")
+    for path in paths:
+        for controller in os.listdir(root):
+            d = root / controller / path.strip("/")
+            if not d.is_dir() or (root / controller).is_symlink():
+                continue
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+@pytest.fixture
+def pods_factory(fault_images: FaultImages) -> Iterator[Callable[[Client], Pods]]:
+    made: list[Pods] = []
+
+    def make(cl: Client) -> Pods:
+        cl.pull(fault_images.ref("pause"))
+        cl.pull(fault_images.ref("busybox"))
+        p = Pods(cl, fault_images.ref("busybox"))
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.cleanup()

@@ -47,6 +47,7 @@ class ContainerRow:
     status: str
     pid: int
     snapshot: str
+    extra: dict[str, Any]
 
 
 def alive(pid: int) -> bool:
@@ -73,8 +74,8 @@ def query(d: PyctrDaemon, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.
 
 
 def containers(d: PyctrDaemon) -> dict[str, ContainerRow]:
-    rows = query(d, "SELECT id, name, kind, status, pid, snapshot FROM containers")
-    return {r["id"]: ContainerRow(*tuple(r)) for r in rows}
+    rows = query(d, "SELECT id, name, kind, status, pid, snapshot, extra FROM containers")
+    return {r["id"]: ContainerRow(*tuple(r)[:6], json.loads(r["extra"])) for r in rows}
 
 
 def snapshots(d: PyctrDaemon) -> dict[str, sqlite3.Row]:
@@ -214,15 +215,23 @@ def _containers(d: PyctrDaemon, snaps: dict[str, sqlite3.Row]) -> Iterator[str]:
     for key, row in snaps.items():
         if row["kind"] == "active" and FULL_ID.match(key) and key not in owned:
             yield f"snapshots: container snapshot {key[:12]} belongs to no container"
+    pods = d.state / "pods"
+    sandboxes = {c.id: c for c in records.values() if c.kind == "sandbox"}
+    for entry in sorted(os.listdir(pods)) if pods.is_dir() else []:
+        if entry not in sandboxes:
+            yield f"pods: dir {entry[:12]} belongs to no pod"
     for point in sorted(mounted):
         under_tasks = point.startswith(str(tasks) + "/")
+        rel = point[len(str(d.state)) + 1 :].split("/")
         if under_tasks and point.endswith("/rootfs") and point not in expected_mounts:
             yield f"mounts: {point} is mounted for no live container"
-        elif (
-            point.startswith((str(d.root) + "/", str(d.state) + "/"))
-            and not under_tasks
-            and "/netns" not in point
-        ):
+        elif rel[0] in ("pods", "netns") and len(rel) >= 2:
+            pod = sandboxes.get(rel[1])
+            if pod is None:
+                yield f"mounts: {point} is mounted for no pod"
+            elif rel[0] == "pods" and pod.extra.get("state") == "notready":
+                yield f"mounts: {point} is still mounted for the stopped pod {pod.name}"
+        elif point.startswith((str(d.root) + "/", str(d.state) + "/")) and not under_tasks:
             yield f"mounts: unexpected mount {point}"
 
 
