@@ -1787,7 +1787,8 @@ class ImageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveImage(self, request, context):
-        """Remove an image and all its tags. Idempotent.
+        """Remove an image: by ID, with all its names; by a name, that name (the
+        image goes with its last name, as CRI-O and docker untag). Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

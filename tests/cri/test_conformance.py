@@ -328,6 +328,16 @@ def test_container_status_fields_timestamps_and_exit_reasons(
         plausible_ns(st.finished_at, since)
         assert st.created_at <= st.started_at <= st.finished_at, name
 
+    # A process that cannot start: StartError, 128, why, and no start time.
+    broken = pod.create("broken", ["/no/such/binary"])
+    with pytest.raises(grpc.RpcError):
+        kube.start(broken)
+    st = kube.status(broken)
+    verify_container_status(st)
+    assert (st.state, st.exit_code, st.reason) == (cri.CONTAINER_EXITED, 128, "StartError")
+    assert "/no/such/binary" in st.message and st.started_at == 0
+    plausible_ns(st.finished_at, since)
+
 
 def test_list_container_filters(pod: SharedPod) -> None:
     kube = pod.kube
