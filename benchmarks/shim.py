@@ -2,9 +2,13 @@
 
 The daemon's own shim client (pyctr.daemon.shim_client) drives shims on the
 same busybox bundles as the bare runc figures, so the ratios show what the
-shim adds: its start-up (a Python process), its socket round trips, and its
-memory, paid once per container. containerd's figure for the same thing is
+shim adds: its start-up, its socket round trips, and its memory, paid once
+per container. containerd's figure for the same thing is
 containerd-shim-runc-v2's PSS (containerd.n_containers).
+
+Shims are forked from a zygote, as pyctrd does (`start_stop`, `memory`; the
+zygote's own PSS is shared out among the shims), and, for comparison in the
+same run, launched as a fresh Python process each (`*_launched`).
 """
 
 from __future__ import annotations
@@ -32,13 +36,20 @@ def _client() -> Any:
 
 
 class Shims:
-    def __init__(self, env: BenchEnv) -> None:
+    def __init__(self, env: BenchEnv, zygote: bool) -> None:
         self.sc = _client()
         self.runc = Runc(env)
         self.state = env.path("shims")
         self.clients: list[Any] = []
+        self.zygote: Any = None
+        if zygote:
+            from pyctr.daemon.shim_zygote import ShimZygote
+
+            self.zygote = ShimZygote(self.state / "zygote")
 
     async def spawn(self) -> Any:
+        if self.zygote is not None and not await self.zygote.start():
+            raise RuntimeError("the shim zygote did not start")
         cid = self.runc.new_id()
         opts = self.sc.ShimOptions(
             id=cid,
@@ -46,7 +57,7 @@ class Shims:
             state_dir=str(self.state / cid),
             runc_root=str(self.runc.root),
         )
-        shim = await self.sc.spawn_shim(opts)
+        shim = await self.sc.spawn_shim(opts, zygote=self.zygote)
         self.clients.append(shim)
         return shim
 
@@ -62,13 +73,17 @@ class Shims:
         for shim in list(self.clients):
             await self.remove(shim)
         self.runc.delete_all()
+        if self.zygote is not None:
+            await self.zygote.close()
 
     def pids(self) -> list[int]:
-        return procinfo.find_processes("--serve", str(self.state))
+        """The live shims' PIDs (launched or forked, found by their pid files)."""
+        found = (self.sc.read_shim_pid(d) for d in self.state.iterdir() if d.is_dir())
+        return sorted(pid for pid in found if pid is not None)
 
 
-async def _start_stop(env: BenchEnv) -> dict[str, list[float]]:
-    shims = Shims(env)
+async def _start_stop(env: BenchEnv, zygote: bool) -> dict[str, list[float]]:
+    shims = Shims(env, zygote)
     phases: dict[str, list[float]] = {
         "create": [],
         "start": [],
@@ -105,8 +120,22 @@ async def _start_stop(env: BenchEnv) -> dict[str, list[float]]:
 
 @measurement("shim", "start_stop")
 def start_stop(env: BenchEnv) -> Metrics:
-    """spawn (shim + runc create), start, SIGKILL+wait, delete; vs bare runc."""
-    phases = asyncio.run(_start_stop(env))
+    """spawn (zygote fork + runc create), start, SIGKILL+wait, delete; vs bare runc."""
+    return _start_stop_metrics(env, zygote=True)
+
+
+@measurement("shim", "start_stop_launched")
+def start_stop_launched(env: BenchEnv) -> Metrics:
+    """As start_stop, each shim launched as a new Python process (no zygote)."""
+    out = _start_stop_metrics(env, zygote=False)
+    with contextlib.suppress(NotAvailable):
+        forked = metric(env, "shim.start_stop", "total_median_ms")
+        out["zygote_vs_launched_ratio"] = ratio(forked, out["total_median_ms"])
+    return out
+
+
+def _start_stop_metrics(env: BenchEnv, zygote: bool) -> Metrics:
+    phases = asyncio.run(_start_stop(env, zygote))
     out: Metrics = {}
     for name, values in phases.items():
         out[f"{name}_median_ms"] = statistics.median(values) * 1000
@@ -119,33 +148,49 @@ def start_stop(env: BenchEnv) -> Metrics:
     return out
 
 
-async def _memory(env: BenchEnv, n: int) -> tuple[float, float, int]:
-    shims = Shims(env)
+async def _memory(env: BenchEnv, n: int, zygote: bool) -> Metrics:
+    shims = Shims(env, zygote)
     try:
         for _ in range(n):
             shim = await shims.spawn()
             await shim.start()
         await asyncio.sleep(1.0)
         pids = shims.pids()
+        if len(pids) != n:
+            raise RuntimeError(f"started {n} shims, found {len(pids)} shim processes")
         rss, pss = procinfo.memory_mib(pids)
-        return rss, pss, len(pids)
+        out: Metrics = {"shims": n, "rss_per_container_mib": rss / n}
+        if shims.zygote is not None:
+            # The zygote is paid once per node: shared out among the shims.
+            _, zygote_pss = procinfo.memory_mib([shims.zygote.pid])
+            out["shim_only_pss_per_container_mib"] = pss / n
+            out["zygote_pss_mib"] = zygote_pss
+            pss += zygote_pss
+        out["pss_per_container_mib"] = pss / n
+        return out
     finally:
         await shims.remove_all()
 
 
 @measurement("shim", "memory")
 def memory(env: BenchEnv) -> Metrics:
-    """RSS/PSS of N shims with sleeping containers; vs containerd-shim-runc-v2."""
-    n = env.options.containers
+    """RSS/PSS of N zygote-forked shims with sleeping containers; vs containerd-shim-runc-v2."""
+    return _memory_metrics(env, zygote=True)
+
+
+@measurement("shim", "memory_launched")
+def memory_launched(env: BenchEnv) -> Metrics:
+    """As memory, each shim launched as a new Python process (no zygote)."""
+    out = _memory_metrics(env, zygote=False)
+    with contextlib.suppress(NotAvailable):
+        forked = metric(env, "shim.memory", "pss_per_container_mib")
+        out["zygote_vs_launched_ratio"] = ratio(forked, out["pss_per_container_mib"])
+    return out
+
+
+def _memory_metrics(env: BenchEnv, zygote: bool) -> Metrics:
     env.close_pool()
-    rss, pss, found = asyncio.run(_memory(env, n))
-    if found != n:
-        raise RuntimeError(f"started {n} shims, found {found} shim processes")
-    out: Metrics = {
-        "shims": n,
-        "pss_per_container_mib": pss / n,
-        "rss_per_container_mib": rss / n,
-    }
+    out = asyncio.run(_memory(env, env.options.containers, zygote))
     with contextlib.suppress(NotAvailable):
         theirs = metric(env, "containerd.n_containers", "shim_pss_per_container_mib")
         out["containerd_pss_per_container_mib"] = theirs

@@ -94,6 +94,9 @@ class Cri:
 class Runtime:
     runc: str = _opt("runc", "the OCI runtime binary (name on PATH or absolute path)")
     shim_debug: bool = _opt(False, "shims log at debug level into their state dir")
+    shim_zygote: bool = _opt(
+        True, "fork shims from one pre-loaded process (faster start, shared memory)"
+    )
     cgroup_parent: str = _opt("/pyctr", "cgroup under which containers run outside of pods")
 
 

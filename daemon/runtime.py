@@ -42,6 +42,7 @@ from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, NotFound, U
 from pyctr.daemon.oci_spec import SpecOptions, build, write_bundle_config
 from pyctr.daemon.rootfs import User
 from pyctr.daemon.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
+from pyctr.daemon.shim_zygote import ShimZygote
 from pyctr.daemon.task_cleanup import remove_orphans, remove_task_dir, unmount
 from pyctr.snapshotter.mount import mount_all
 
@@ -93,6 +94,9 @@ class RuntimeManager:
         # The loop holds tasks weakly: a watcher busy with an exit after its
         # Task entry is popped would be collected mid-teardown without this.
         self._watchers: set[asyncio.Task[None]] = set()
+        # Shims are forked from one pre-loaded process (fast, pages shared);
+        # without it (or while it is down) they are launched.
+        self.zygote = ShimZygote(ctx.config.state_dir) if ctx.config.runtime.shim_zygote else None
 
     # -- paths and helpers ---------------------------------------------------
 
@@ -203,7 +207,7 @@ class RuntimeManager:
             debug=self.config.runtime.shim_debug,
         )
         try:
-            shim = await shim_client.spawn_shim(opts)
+            shim = await shim_client.spawn_shim(opts, zygote=self.zygote)
         except Exception as e:
             # runc create failed (the shim cleaned up after it): say why.
             await self._start_failed(c, str(e))
@@ -499,6 +503,8 @@ class RuntimeManager:
         """Reconnect to live shims; take in exits that happened while we were down;
         remove what interrupted creates and removes left behind."""
         self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        if self.zygote is not None:  # ready before the first container starts
+            self._spawn(self.zygote.start())
         records = self.store.list()
         for c in records:
             try:
@@ -565,6 +571,8 @@ class RuntimeManager:
         self._tasks.clear()
         for bg in list(self._background):
             bg.cancel()
+        if self.zygote is not None:
+            await self.zygote.close()
 
 
 def _set_console_size(process: dict[str, Any], size: dict[str, int] | None) -> None:

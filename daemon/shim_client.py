@@ -36,6 +36,7 @@ from typing import Any
 
 import pyctr.shim
 from pyctr.daemon import errors
+from pyctr.daemon.shim_zygote import ZYGOTE_MAIN, ShimZygote
 
 PROTOCOL_VERSION = 1
 SHIM_MAIN = str(Path(pyctr.shim.__file__).resolve().parent / "main.py")
@@ -212,7 +213,15 @@ class ShimEvent:
 
 def shim_command(opts: ShimOptions, ready_fd: int = -1, python: str = sys.executable) -> list[str]:
     """The lean command line: no site import, nothing from the environment."""
-    cmd = [python, "-I", "-S", SHIM_MAIN, "--id", opts.id, "--bundle", opts.bundle]
+    cmd = [python, "-I", "-S", SHIM_MAIN, *shim_args(opts)]
+    if ready_fd >= 0:
+        cmd += ["--ready-fd", str(ready_fd)]
+    return cmd
+
+
+def shim_args(opts: ShimOptions) -> list[str]:
+    """The shim's arguments (without --ready-fd), as launched or forked by the zygote."""
+    cmd = ["--id", opts.id, "--bundle", opts.bundle]
     cmd += ["--state", opts.state_dir, "--runc", opts.runc]
     if opts.runc_root:
         cmd += ["--runc-root", opts.runc_root]
@@ -221,8 +230,6 @@ def shim_command(opts: ShimOptions, ready_fd: int = -1, python: str = sys.execut
     cmd += [flag for flag, on in (("--tty", opts.tty), ("--stdin", opts.stdin)) if on]
     if opts.debug:
         cmd.append("--debug")
-    if ready_fd >= 0:
-        cmd += ["--ready-fd", str(ready_fd)]
     return cmd
 
 
@@ -243,9 +250,17 @@ def read_shim_pid(state_dir: str | Path) -> int | None:
     except (OSError, ValueError):
         return None
     # The pid may have been reused since: check it is a shim of this state dir.
-    if str(Path(state_dir)).encode() not in cmdline or b"--serve" not in cmdline:
+    if str(Path(state_dir)).encode() in cmdline and b"--serve" in cmdline:
+        return pid  # launched: its own command line names the state dir
+    # Forked by the zygote: it shares the zygote's command line, and its
+    # stderr is the shim log the daemon opened in this state dir.
+    try:
+        log_fd = os.readlink(f"/proc/{pid}/fd/2")
+    except OSError:
         return None
-    return pid
+    if ZYGOTE_MAIN.encode() in cmdline and log_fd == os.path.realpath(Path(state_dir) / SHIM_LOG):
+        return pid
+    return None
 
 
 def _write_exit_record(state_dir: Path, record: ExitRecord, container_id: str) -> None:
@@ -272,10 +287,16 @@ def _log_tail(state_dir: str, limit: int = 2000) -> str:
 
 
 async def spawn_shim(
-    opts: ShimOptions, *, python: str = sys.executable, timeout: float = 60.0
+    opts: ShimOptions,
+    *,
+    python: str = sys.executable,
+    timeout: float = 60.0,
+    zygote: ShimZygote | None = None,
 ) -> ShimClient:
     """Start a shim for a written bundle; returns once `runc create` succeeded.
 
+    With a zygote the shim is forked from it (no Python start-up); without
+    one, or when it cannot take the request, the shim is launched.
     Raises RuncError with runc's message if the container cannot be created,
     InvalidArgument for a bad bundle or id, DeadlineExceeded if the shim does
     not report in time (it is then killed and the runc state removed).
@@ -283,15 +304,20 @@ async def spawn_shim(
     state = Path(opts.state_dir)
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     ready_r, ready_w = os.pipe()
+    proc: asyncio.subprocess.Process | None = None
     try:
         with open(state / SHIM_LOG, "ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                *shim_command(opts, ready_w, python),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=(ready_w,),
+            forked = zygote is not None and await zygote.fork(
+                shim_args(opts), ready_w, log.fileno()
             )
+            if not forked:
+                proc = await asyncio.create_subprocess_exec(
+                    *shim_command(opts, ready_w, python),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(ready_w,),
+                )
     except BaseException:
         os.close(ready_r)
         os.close(ready_w)
@@ -306,7 +332,8 @@ async def spawn_shim(
             f"shim for {opts.id} did not report within {timeout:g}s"
         ) from None
     finally:
-        await proc.wait()  # the launcher exits right after forking
+        if proc is not None:
+            await proc.wait()  # the launcher exits right after forking
     if message is None:
         tail = _log_tail(opts.state_dir)
         raise errors.Internal(f"shim for {opts.id} exited without reporting: {tail}")

@@ -135,6 +135,11 @@ class LeakCheck:
             cgroups=cgroups(self.token),
         )
 
+    def allowed(self) -> set[int]:
+        """allowed_pids and their children (a fixture daemon's shim zygote)."""
+        tree = _children_map()
+        return self.allowed_pids.union(*(tree.get(p, []) for p in self.allowed_pids))
+
     def reap_zombies(self) -> None:
         """Reap orphans that were re-parented to us and have exited."""
         for pid in _children_map().get(os.getpid(), []):
@@ -146,7 +151,7 @@ class LeakCheck:
         deadline = time.monotonic() + grace
         while True:
             after = self.take()
-            pids = after.pids - before.pids - self.allowed_pids
+            pids = after.pids - before.pids - self.allowed()
             leaks = [f"process {p}: {_cmdline(p)}" for p in sorted(pids)]
             leaks += [f"mount {m}" for m in sorted(after.mounts - before.mounts)]
             leaks += [f"netns {n}" for n in sorted(after.netns - before.netns)]
@@ -158,7 +163,7 @@ class LeakCheck:
     def clean(self, before: Snapshot) -> None:
         """Best-effort removal of what a failed test left, so others still run."""
         after = self.take()
-        for pid in after.pids - before.pids - self.allowed_pids:
+        for pid in after.pids - before.pids - self.allowed():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for point in sorted(after.mounts - before.mounts, key=len, reverse=True):
