@@ -68,6 +68,8 @@ ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
 MAX_MANIFEST = 4 << 20
 MAX_ERROR_BODY = 64 << 10
+# Manifests, configs: at most this many stall timeouts for the whole body.
+DOCUMENT_TIME_FACTOR = 4
 # A blob download that keeps being cut is resumed this many times in a row
 # without progress before the pull gives up.
 MAX_STALLED_RESUMES = 3
@@ -353,12 +355,12 @@ class Repository:
                 raise Unavailable(f"registry {ep.host}: TLS verification failed: {e}") from None
             except aiohttp.ClientSSLError as e:
                 raise Unavailable(f"registry {ep.host}: TLS error: {e}") from None
-            except (aiohttp.ClientConnectionError, OSError) as e:
-                raise Unavailable(f"registry {ep.host} is unreachable: {e}") from None
-            except TimeoutError:
+            except TimeoutError:  # before ClientConnectionError: aiohttp's is both
                 raise DeadlineExceeded(
                     f"registry {ep.host} did not answer within {self.client.config.timeout}s"
                 ) from None
+            except (aiohttp.ClientConnectionError, OSError) as e:
+                raise Unavailable(f"registry {ep.host} is unreachable: {e}") from None
             try:
                 if resp.status == 401:
                     msg = await _error_message(resp)
@@ -408,12 +410,21 @@ class Repository:
             raise FailedPrecondition(
                 f"{what} from {ep.host} is too large ({resp.content_length} bytes)"
             )
+        # A bounded document gets a bounded time too: a registry that drips a
+        # byte now and then never trips the stall timeout, and the kubelet
+        # pulls without a deadline of its own.
+        deadline = self.client.config.timeout * DOCUMENT_TIME_FACTOR
         try:
-            body = await resp.content.read(limit + 1)
-            while len(body) <= limit and (more := await resp.content.read(limit + 1 - len(body))):
-                body += more
+            async with asyncio.timeout(deadline):
+                body = await resp.content.read(limit + 1)
+                while len(body) <= limit and (
+                    more := await resp.content.read(limit + 1 - len(body))
+                ):
+                    body += more
         except TimeoutError:
-            raise DeadlineExceeded(f"registry {ep.host} stalled sending {what}") from None
+            raise DeadlineExceeded(
+                f"registry {ep.host} stalled sending {what} (or took over {deadline:g}s)"
+            ) from None
         except aiohttp.ClientError as e:
             raise Unavailable(f"registry {ep.host} broke off sending {what}: {e}") from None
         if len(body) > limit:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from pyctr.daemon.errors import (
+    DeadlineExceeded,
     InvalidArgument,
     PermissionDenied,
     PyctrError,
@@ -188,7 +189,11 @@ class HostAuth:
             async with req as resp:
                 body = await resp.content.read(MAX_TOKEN_RESPONSE + 1)
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except TimeoutError:  # aiohttp's timeouts are ClientErrors too: first
+            raise DeadlineExceeded(
+                f"auth server {realm} for {self.host} did not answer in time"
+            ) from None
+        except aiohttp.ClientError as e:
             raise Unavailable(
                 f"auth server {realm} for {self.host}: {e or type(e).__name__}"
             ) from None

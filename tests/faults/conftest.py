@@ -5,6 +5,8 @@
     fault_images.busybox  one busybox layer, Cmd sh: what containers run
     fault_images.ghost    busybox whose config says User "ghost" (not in /etc/passwd)
     fault_images.pause    busybox that sleeps until SIGTERM: a pod's infra container
+    fault_images.evil     busybox plus /evil -> EVIL_TARGET and /evil2 -> ../../../..EVIL_TARGET
+    fault_images.eviletc  busybox whose /etc is a symlink to EVIL_TARGET, a host path
 
 Seeds: every randomised test takes its seed from its parameter (shown in the
 test id) or from PYCTR_FAULT_SEED, so `PYCTR_FAULT_SEED=7 pytest -k crash` replays
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +33,15 @@ from pyctr.proto import containers_pb2 as pb
 from pyctr.proto import containers_pb2_grpc, cri_pb2, cri_pb2_grpc, images_pb2, images_pb2_grpc
 from tests.conftest import TOKEN
 from tests.support.daemon import PyctrDaemon
-from tests.support.images import BuiltImage, build_image, busybox_layer, files_layer, push
+from tests.support.images import (
+    BUSYBOX,
+    BuiltImage,
+    build_image,
+    busybox_layer,
+    files_layer,
+    push,
+    tar_bytes,
+)
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.root
@@ -41,6 +52,21 @@ PAUSE = [
     "-c",
     "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
 ]
+
+
+# A host path that hostile images point their symlinks at: nothing may ever
+# appear in it (it is made empty by the tests that use it).
+EVIL_TARGET = f"/tmp/{TOKEN}-evil"
+
+
+def _entry(name: str, kind: bytes, mode: int, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.mtime = kind, mode, linkname, 1_700_000_000
+    return info
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    return _entry(name, tarfile.SYMTYPE, 0o777, target)
 
 
 def seeds(*default: int) -> list[int]:
@@ -60,6 +86,8 @@ class FaultImages:
     busybox: BuiltImage
     ghost: BuiltImage
     pause: BuiltImage
+    evil: BuiltImage
+    eviletc: BuiltImage
 
     def ref(self, name: str, host: str = "") -> str:
         return f"{host or self.registry.host}/faults/{name}:1"
@@ -79,9 +107,20 @@ def fault_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultImag
         bb = build_image(layout, "busybox", [busybox_layer()], cmd=["/bin/sh"])
         ghost = build_image(layout, "ghost", [busybox_layer()], user="ghost")
         pause = build_image(layout, "pause", [busybox_layer()], entrypoint=PAUSE, cmd=[])
-        for tag in ("big", "busybox", "ghost", "pause"):
+        links = tar_bytes(
+            [_symlink("evil", EVIL_TARGET), _symlink("evil2", "../../.." + EVIL_TARGET)]
+        )
+        evil = build_image(layout, "evil", [busybox_layer(), links], cmd=["/bin/sh"])
+        etc_link = tar_bytes(
+            [(_entry("bin", tarfile.DIRTYPE, 0o755), b""),
+             (_entry("bin/busybox", tarfile.REGTYPE, 0o755), BUSYBOX.read_bytes()),
+             _symlink("bin/sh", "busybox"), _symlink("bin/sleep", "busybox"),
+             _symlink("bin/cat", "busybox"), _symlink("etc", EVIL_TARGET)]
+        )  # fmt: skip
+        eviletc = build_image(layout, "eviletc", [etc_link], cmd=["/bin/sh"])
+        for tag in ("big", "busybox", "ghost", "pause", "evil", "eviletc"):
             push(layout, tag, f"{reg.host}/faults/{tag}:1")
-        yield FaultImages(reg, big, bb, ghost, pause)
+        yield FaultImages(reg, big, bb, ghost, pause, evil, eviletc)
 
 
 # -- small clients ---------------------------------------------------------------

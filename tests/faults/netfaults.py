@@ -116,7 +116,10 @@ class LyingRegistry(_LoopThread):
     """Serves `/v2/<repo>/manifests/<tag or digest>` and `/v2/<repo>/blobs/<digest>`.
 
     `behave` maps "manifest", "blob" (every blob) or a blob's digest to one of
-    BEHAVIOURS; `requests` counts what was asked.
+    BEHAVIOURS; with a "token" entry every request must carry a bearer token
+    from the registry's own /token endpoint, which behaves as that entry says.
+    `requests` counts what was asked; `misbehaving` is how many bad answers are
+    still being given (0 once every client has hung up on them).
     """
 
     def __init__(self) -> None:
@@ -125,6 +128,7 @@ class LyingRegistry(_LoopThread):
         self.behave: dict[str, str] = {}
         self.requests: Counter[str] = Counter()
         self.open_connections = 0
+        self.misbehaving = 0  # answers being hung, dripped or streamed without end
         self._lock = threading.Lock()
         super().__init__()
 
@@ -151,6 +155,22 @@ class LyingRegistry(_LoopThread):
         method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         with self._lock:
             self.requests[f"{method} {path}"] += 1
+        if path.startswith("/token"):
+            body = json.dumps({"token": "pyctr-test-token"}).encode()
+            how = self.behave.get("token", "ok")
+            with self._lock:
+                self.misbehaving += how != "ok"
+            try:
+                await self._send(writer, 200, body, "application/json", how, reader=reader)
+            finally:
+                with self._lock:
+                    self.misbehaving -= how != "ok"
+            return how == "ok"
+        if "token" in self.behave and b"\r\nauthorization:" not in head.lower():
+            realm = f"http://{self.host}/token"
+            challenge = f'Bearer realm="{realm}",service="lying",scope="repository:x:pull"'
+            await self._send(writer, 401, b"{}", "application/json", "ok", challenge=challenge)
+            return True
         if path in ("/v2/", "/v2"):
             await self._send(writer, 200, b"{}", "application/json", "ok")
             return True
@@ -170,8 +190,27 @@ class LyingRegistry(_LoopThread):
             err = json.dumps({"errors": [{"code": "NOT_FOUND", "message": "not here"}]})
             await self._send(writer, 404, err.encode(), "application/json", "ok")
             return True
-        await self._send(writer, 200, body, ctype, how, head_only=method == "HEAD")
+        if how != "ok":
+            with self._lock:
+                self.misbehaving += 1
+        try:
+            await self._send(
+                writer, 200, body, ctype, how, head_only=method == "HEAD", reader=reader
+            )
+        finally:
+            if how != "ok":
+                with self._lock:
+                    self.misbehaving -= 1
         return how == "ok"
+
+    @staticmethod
+    async def _until_closed(reader: asyncio.StreamReader | None) -> None:
+        """Hang, until the client gives up and closes the connection."""
+        if reader is None:
+            await asyncio.sleep(3600)
+            return
+        while await reader.read(65536):
+            pass
 
     async def _send(
         self,
@@ -181,11 +220,16 @@ class LyingRegistry(_LoopThread):
         ctype: str,
         how: str,
         head_only: bool = False,
+        challenge: str = "",
+        reader: asyncio.StreamReader | None = None,
     ) -> None:
         if how == "hang-headers":
-            await asyncio.sleep(3600)
-        reason = {200: "OK", 404: "Not Found"}[status]
+            await self._until_closed(reader)
+            return
+        reason = {200: "OK", 401: "Unauthorized", 404: "Not Found"}[status]
         headers = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}"]
+        if challenge:
+            headers.append(f"WWW-Authenticate: {challenge}")
         if how == "endless":
             headers.append("Transfer-Encoding: chunked")
         elif how == "endless-length":
@@ -202,7 +246,7 @@ class LyingRegistry(_LoopThread):
         if head_only:
             return
         if how == "hang-body":
-            await asyncio.sleep(3600)
+            await self._until_closed(reader)
         elif how == "endless":
             chunk = b" " * 65536
             while True:
