@@ -7,13 +7,15 @@ a dict lookup and some message building, never a shim call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container
-from pyctr.daemon.cri_spec import cri_resources
+from pyctr.daemon.cri_spec import cri_resources, cri_signal, parse_signal
+from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.sandbox import is_ready
 from pyctr.proto import cri_pb2 as cri
 
@@ -157,6 +159,27 @@ def container_matches(c: Container, f: cri.ContainerFilter) -> bool:
     return labels_match(c.labels, f.label_selector)
 
 
+_SIGNAL_ENUM: dict[int, int] = {}
+
+
+def status_stop_signal(c: Container) -> int:
+    """The signal StopContainer will send, as a CRI Signal (as containerd
+    reports it; the kubelet shows it as the container's stopSignal): the
+    request's, else the image's StopSignal, else SIGTERM."""
+    requested = int(c.extra.get("stop_signal") or 0)
+    if requested:
+        return requested
+    if not _SIGNAL_ENUM:  # number -> enum value, first (canonical) name winning
+        for value in reversed(cri.Signal.values()):
+            if value:
+                _SIGNAL_ENUM[cri_signal(value)] = value
+    with contextlib.suppress(PyctrError):
+        image_signal = str(c.extra.get("image_stop_signal") or "")
+        if image_signal:
+            return _SIGNAL_ENUM.get(parse_signal(image_signal), cri.SIGNAL_SIGTERM)
+    return cri.SIGNAL_SIGTERM
+
+
 def _resources(c: Container) -> cri.ContainerResources:
     linux = c.spec.get("linux") or {}
     oom = (c.spec.get("process") or {}).get("oomScoreAdj", 0)
@@ -191,7 +214,7 @@ def container_status(c: Container) -> cri.ContainerStatus:
                 supplemental_groups=user.get("additionalGids") or [],
             )
         ),
-        stop_signal=c.extra.get("stop_signal", 0),
+        stop_signal=status_stop_signal(c),  # type: ignore[arg-type]
     )
     return status
 

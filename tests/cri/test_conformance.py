@@ -285,6 +285,12 @@ def test_container_status_fields_timestamps_and_exit_reasons(
     plausible_ns(st.created_at, since)
     assert (st.started_at, st.finished_at, st.exit_code, st.reason) == (0, 0, 0, "")
     assert st.labels["container"] == "main" and st.annotations["note"] == "x"
+    # The signal a stop will send: SIGTERM by default, else the image's.
+    assert st.stop_signal == cri.SIGNAL_SIGTERM
+    kube.pull(cri_env.stopsig_ref)
+    config = kube.container_config("stopsig", image=cri_env.stopsig_ref)
+    pod.made.append(kube.create(pod.pod_id, pod.config, config))
+    assert kube.status(pod.made[-1]).stop_signal == cri.SIGNAL_SIGUSR1
     # The full path: the pod's log directory joined with the container's log_path.
     assert st.log_path == f"{pod.config.log_directory}/main/0.log"
 
