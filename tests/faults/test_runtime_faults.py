@@ -1,4 +1,4 @@
-"""runc failing at each step, and shims dying under a client's feet.
+"""runc failing at each step, shims dying under a client's feet, the OOM killer.
 
 The daemon's runc is a script (`[runtime] runc = ...`) that hands every call
 to the real runc, except the subcommand named in a file the test writes,
@@ -22,7 +22,8 @@ import grpc
 import pytest
 
 from pyctr.proto import containers_pb2 as pb
-from tests.faults.conftest import Client, FaultImages, rpc_error
+from pyctr.proto import cri_pb2
+from tests.faults.conftest import Client, FaultImages, Pods, rpc_error
 from tests.faults.consistency import alive, problems
 from tests.faults.netfaults import wait_until
 from tests.support.leaks import LeakCheck
@@ -211,3 +212,37 @@ def test_shim_killed_under_a_running_exec_and_a_stop(
         info = cl.get(what)
         assert info.reason == "Unknown" and "shim" in info.message, info
         assert problems(cl.d) == [], what
+
+
+def test_oom_kill_inside_a_running_container(
+    client_factory: Callable[..., Client],
+    fault_images: FaultImages,
+    pods_factory: Callable[[Client], Pods],
+) -> None:
+    """The OOM killer takes an exec'd process: the exec says so, the container
+    (and its shim, and the daemon) carry on; then it takes the init."""
+    cl = client_factory(f'[cri]\nsandbox_image = "{fault_images.ref("pause")}"\n')
+    pods = pods_factory(cl)
+    pod_id, pod = pods.run("oom")
+    limits = cri_pb2.LinuxContainerResources(memory_limit_in_bytes=32 << 20)
+    cid = pods.container(
+        pod_id, pod, "oom", ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+        linux=cri_pb2.LinuxContainerConfig(resources=limits),
+    )  # fmt: skip
+    hog = ["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]
+    res = cl.rt.ExecSync(cri_pb2.ExecSyncRequest(container_id=cid, cmd=hog, timeout=20), timeout=40)
+    assert res.exit_code == 137, res
+    assert pods.status(cid).state == cri_pb2.CONTAINER_RUNNING
+    ok = cl.rt.ExecSync(cri_pb2.ExecSyncRequest(container_id=cid, cmd=["echo", "ok"]), timeout=30)
+    assert ok.stdout == b"ok\n"
+    assert problems(cl.d) == []
+    # Now the container's own process.
+    hog_init = pods.container(
+        pod_id, pod, "hog", hog, linux=cri_pb2.LinuxContainerConfig(resources=limits)
+    )
+    assert wait_until(lambda: pods.status(hog_init).state == cri_pb2.CONTAINER_EXITED, 30)
+    st = pods.status(hog_init)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled"), st
+    assert pods.status(cid).state == cri_pb2.CONTAINER_RUNNING
+    assert problems(cl.d) == []
+    pods.remove(pod_id)
