@@ -320,9 +320,15 @@ class Puller:
             async with limit:
                 lp.state = "downloading"
                 progress.changed.set()
+                began = time.monotonic()
                 fresh = await self.content.fetch(
                     desc.digest, desc.size, lambda w: repo.fetch_blob(desc, w)
                 )
+                took = time.monotonic() - began
+                log.debug(
+                    "layer %d (%s): %s, %.1f MiB in %.3fs",
+                    i, desc.digest, "downloaded" if fresh else "present", desc.size / 2**20, took,
+                )  # fmt: skip
             lp.state, lp.done = ("downloaded" if fresh else "exists"), desc.size
             progress.changed.set()
             if not ready[i].done():

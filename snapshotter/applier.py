@@ -21,20 +21,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-
-import zstandard
-from isal import igzip, isal_zlib
 
 from pyctr.daemon.errors import (
     AlreadyExists,
@@ -45,14 +40,12 @@ from pyctr.daemon.errors import (
     PyctrError,
 )
 from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
+from pyctr.snapshotter.decode import RAW_CHUNK, LayerDecoder, compression_of
 from pyctr.snapshotter.fsutil import remove_tree
 from pyctr.snapshotter.lowers import settle_implicit_dirs
 from pyctr.snapshotter.unpack import Extracted, extract
 
 log = logging.getLogger("pyctr.snapshotter")
-
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass
@@ -83,98 +76,6 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
             text = f"{out[-1]} {diff_id}".encode()
             out.append("sha256:" + hashlib.sha256(text).hexdigest())
     return out
-
-
-def compression_of(media_type: str) -> str:
-    """ "gzip", "zstd" or "none", from an OCI or Docker layer media type."""
-    mt = media_type.strip().lower()
-    if not mt.startswith(
-        ("application/vnd.oci.image.layer.", "application/vnd.docker.image.rootfs.")
-    ):
-        raise InvalidArgument(f"unsupported layer media type {media_type!r}")
-    if mt.endswith(("+gzip", ".gzip")):
-        return "gzip"
-    if mt.endswith(("+zstd", ".zstd")):
-        return "zstd"
-    if mt.endswith(("tar", ".tar")):
-        return "none"
-    raise InvalidArgument(f"unsupported layer media type {media_type!r}")
-
-
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]
-    EOFError,
-    zlib.error,
-    isal_zlib.IsalError,
-    zstandard.ZstdError,
-    igzip.BadGzipFile,
-)
-
-
-class _Guarded(io.RawIOBase):
-    """Decompressed bytes, hashed as they pass; decoder errors become InvalidArgument."""
-
-    def __init__(self, inner: BinaryIO, what: str) -> None:
-        self.inner = inner
-        self.what = what
-        self.sha = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            data = self.inner.read(-1 if size is None else size)
-        except _DECODE_ERRORS as e:
-            raise InvalidArgument(f"{self.what}: corrupt compressed data: {e}") from None
-        self.sha.update(data)
-        return data
-
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
-class _Raw(io.RawIOBase):
-    """Any object with read(n) as a raw stream, so it can be buffered and peeked."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self.inner = inner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        data = self.inner.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
-def open_uncompressed(raw: BinaryIO, media_type: str, what: str) -> tuple[BinaryIO, _Guarded]:
-    """The layer's tar stream, after checking the blob's magic against its media type.
-
-    Returns (buffered stream to read, the hashing reader under it).
-    """
-    kind = compression_of(media_type)
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(_Raw(raw))
-    head = buffered.peek(4)[:4]  # type: ignore[attr-defined]
-    found = "gzip" if head[:2] == GZIP_MAGIC else "zstd" if head == ZSTD_MAGIC else "none"
-    if found != kind:
-        actual = "uncompressed (or unknown)" if found == "none" else found
-        raise InvalidArgument(
-            f"{what}: media type {media_type} says {kind} but the data is {actual}"
-        )
-    inner: BinaryIO
-    if kind == "gzip":
-        inner = igzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-    elif kind == "zstd":
-        dctx = zstandard.ZstdDecompressor()
-        inner = dctx.stream_reader(buffered, read_across_frames=True)  # type: ignore[assignment]
-    else:
-        inner = buffered  # type: ignore[assignment]
-    guarded = _Guarded(inner, what)
-    # Big reads from the decoder; tarfile's 10 KiB reads are served from here.
-    return io.BufferedReader(guarded, buffer_size=1 << 20), guarded  # type: ignore[return-value]
 
 
 class _Flights:
@@ -301,22 +202,30 @@ class Unpacker:
         key = f"{EXTRACT_PREFIX}{uuid.uuid4().hex} {chains[i]}"
         target = self.sn.prepare_layer(key, parent)
         targets[i] = target
-        began = time.monotonic()
         try:
             with layer.open() as raw:
-                stream, hashed = open_uncompressed(raw, layer.media_type, what)
+                began = time.monotonic()
+                log.debug("%s: extracting", what)
+                decoder = LayerDecoder(raw, layer.media_type, what)
                 try:
                     result = extract(
-                        stream, target.path, target.whiteouts, allow_devices=self.allow_devices
+                        decoder.read,
+                        target.path,
+                        target.whiteouts,
+                        allow_devices=self.allow_devices,
                     )
                 except InvalidArgument as e:
                     if str(e).startswith(what):
                         raise
                     raise InvalidArgument(f"{what}: {e}") from None
-                # The diffID covers the whole stream, padding after the tar's end too.
-                while stream.read(1 << 20):
+                # The diffID covers the whole stream, padding after the tar's end too;
+                # and the blob is read to its end, where a blob still being
+                # downloaded answers only once its own digest has been verified.
+                while decoder.read():
                     pass
-            got = "sha256:" + hashed.sha.hexdigest()
+                while raw.read(RAW_CHUNK):
+                    pass
+            got = decoder.digest()
             if got != layer.diff_id:
                 raise DataLoss(f"{what}: uncompressed content has digest {got}")
         except BaseException:
@@ -336,12 +245,16 @@ class Unpacker:
         self, layer: Layer, chains: list[str], i: int, target: LayerTarget, extracted: Extracted
     ) -> None:
         parent = chains[i - 1] if i else None
+        began = time.monotonic()
         try:
             if target.whiteouts == "overlay":
                 settle_implicit_dirs(
                     target.path, extracted.implicit_dirs, self.sn.lower_dirs(parent)
                 )
             self.sn.commit_layer(chains[i], target.key, parent, {DIFF_ID_LABEL: layer.diff_id})
+            log.debug(
+                "layer %d (%s): committed in %.3fs", i, layer.diff_id, time.monotonic() - began
+            )
         except AlreadyExists:
             self._discard(target.key, target.path)  # committed by someone else meanwhile
             if self.sn.stat(chains[i]).kind != Kind.COMMITTED:

@@ -27,13 +27,13 @@ import logging
 import os
 import shutil
 import stat
-import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import BinaryIO
 
 from pyctr.daemon.errors import InvalidArgument, ResourceExhausted
+from pyctr.snapshotter import tarstream
+from pyctr.snapshotter.tarstream import Header, TarFormatError, TarReader
 
 log = logging.getLogger("pyctr.snapshotter")
 
@@ -44,7 +44,6 @@ OPAQUE = b".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 MAX_PATH = 4096
 MAX_NAME = 255
-CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors that say "this entry cannot be applied", not "the machine is sick".
 _BAD_INPUT = {
@@ -63,27 +62,6 @@ _BAD_INPUT = {
 }
 
 
-MAX_EXTENDED_HEADER = 1 << 20
-_EXTENDED = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a PAX or GNU long-name header whole into memory: cap it."""
-
-    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
-        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
-            raise InvalidArgument(
-                f"extended tar header of {self.size} bytes (limit {MAX_EXTENDED_HEADER})"
-            )
-        return super()._proc_member(tar)  # type: ignore[misc]
-
-
 class BadEntry(Exception):
     """An entry refused for the reason given; becomes InvalidArgument with context."""
 
@@ -97,7 +75,7 @@ class Extracted:
     implicit_dirs: list[Comps] = field(default_factory=list)
 
 
-def split_name(name: str, what: str = "name") -> Comps:
+def split_name(name: str | bytes, what: str = "name") -> Comps:
     """A tar name as path components; refuses absolute paths and `..`."""
     raw = os.fsencode(name)
     if b"\0" in raw:
@@ -117,16 +95,6 @@ def split_name(name: str, what: str = "name") -> Comps:
 
 def _show(comps: Comps) -> str:
     return os.fsdecode(b"/".join(comps)) or "/"
-
-
-def _ns(member: tarfile.TarInfo, key: str) -> int:
-    text = member.pax_headers.get(key)
-    if text is not None:
-        try:
-            return int(Decimal(text) * 1_000_000_000)
-        except InvalidOperation:
-            raise BadEntry(f"bad PAX {key} {text!r}") from None
-    return int(member.mtime) * 1_000_000_000
 
 
 class Extractor:
@@ -154,28 +122,27 @@ class Extractor:
 
     # -- the loop ------------------------------------------------------------------
 
-    def run(self, tar: tarfile.TarFile) -> Extracted:
+    def run(self, tar: TarReader) -> Extracted:
         while True:
             member = tar.next()
             if member is None:
                 break
-            tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every header
             try:
                 self._entry(tar, member)
             except BadEntry as e:
-                raise InvalidArgument(f"entry {member.name!r}: {e}") from None
+                raise InvalidArgument(f"entry {member.show()!r}: {e}") from None
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise ResourceExhausted(f"entry {member.name!r}: {e.strerror}") from None
+                    raise ResourceExhausted(f"entry {member.show()!r}: {e.strerror}") from None
                 if e.errno in _BAD_INPUT:
-                    raise InvalidArgument(f"entry {member.name!r}: {e.strerror}") from None
+                    raise InvalidArgument(f"entry {member.show()!r}: {e.strerror}") from None
                 raise
             self.result.entries += 1
         self._finish()
         self.result.implicit_dirs = sorted(self.implicit, key=len)
         return self.result
 
-    def _entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def _entry(self, tar: TarReader, m: Header) -> None:
         comps = split_name(m.name)
         if comps and comps[0].startswith(b".wh..wh."):
             return  # aufs bookkeeping (.wh..wh.plnk and friends): not content
@@ -185,24 +152,25 @@ class Extractor:
         if comps and comps[-1].startswith(WHITEOUT):
             self._whiteout(comps)
             return
+        kind = m.kind
         if not comps:
-            if not m.isdir():
+            if kind != tarstream.DIR:
                 raise BadEntry("only a directory may stand for the root")
             self._dir_meta(self.root_fd, (), m)
             self.implicit.discard(())
             return
-        if m.isdir():
-            self._mkdir(comps, m)
-        elif m.isreg():
+        if kind == tarstream.REG:
             self._file(tar, comps, m)
-        elif m.issym():
+        elif kind == tarstream.DIR:
+            self._mkdir(comps, m)
+        elif kind == tarstream.SYM:
             self._symlink(comps, m)
-        elif m.islnk():
+        elif kind == tarstream.LNK:
             self._hardlink(comps, m)
-        elif m.ischr() or m.isblk() or m.isfifo():
+        elif kind in (tarstream.CHR, tarstream.BLK, tarstream.FIFO):
             self._node(comps, m)
         else:
-            raise BadEntry(f"unsupported tar entry type {m.type!r}")
+            raise BadEntry(f"unsupported tar entry type {kind!r}")
 
     # -- walking -------------------------------------------------------------------
 
@@ -290,7 +258,7 @@ class Extractor:
 
     # -- entry types -------------------------------------------------------------
 
-    def _mkdir(self, comps: Comps, m: tarfile.TarInfo) -> None:
+    def _mkdir(self, comps: Comps, m: Header) -> None:
         fd = self._parent(comps)
         name = comps[-1]
         try:
@@ -312,13 +280,13 @@ class Extractor:
         finally:
             os.close(dfd)
 
-    def _dir_meta(self, dfd: int, comps: Comps, m: tarfile.TarInfo) -> None:
+    def _dir_meta(self, dfd: int, comps: Comps, m: Header) -> None:
         os.chown(dfd, m.uid, m.gid)
         self._xattrs(dfd, m)
         os.chmod(dfd, m.mode & 0o7777)
         self.dir_times[comps] = self._times(m)
 
-    def _file(self, tar: tarfile.TarFile, comps: Comps, m: tarfile.TarInfo) -> None:
+    def _file(self, tar: TarReader, comps: Comps, m: Header) -> None:
         fd = self._parent(comps)
         self._clear(fd, comps)
         out = os.open(
@@ -328,13 +296,7 @@ class Extractor:
             dir_fd=fd,
         )
         try:
-            src = tar.extractfile(m)
-            assert src is not None
-            while chunk := src.read(CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view) :]
-                self.result.bytes += len(chunk)
+            self.result.bytes += tar.copy_to(out)
             os.chown(out, m.uid, m.gid)
             self._xattrs(out, m)
             os.chmod(out, m.mode & 0o7777)
@@ -344,8 +306,8 @@ class Extractor:
         self.created.add(comps)
         self.files.add(comps)
 
-    def _symlink(self, comps: Comps, m: tarfile.TarInfo) -> None:
-        target = os.fsencode(m.linkname)
+    def _symlink(self, comps: Comps, m: Header) -> None:
+        target = m.linkname
         if not target or b"\0" in target or len(target) >= MAX_PATH:
             raise BadEntry("symlink target is empty, too long or contains NUL")
         fd = self._parent(comps)
@@ -354,7 +316,7 @@ class Extractor:
         self._node_meta(fd, comps, m, chmod=False)
         self.created.add(comps)
 
-    def _hardlink(self, comps: Comps, m: tarfile.TarInfo) -> None:
+    def _hardlink(self, comps: Comps, m: Header) -> None:
         target = split_name(m.linkname, "hardlink target")
         if target == comps:
             raise BadEntry("hardlink to itself")
@@ -375,12 +337,12 @@ class Extractor:
         self.created.add(comps)
         self.files.add(comps)
 
-    def _node(self, comps: Comps, m: tarfile.TarInfo) -> None:
-        if m.isfifo():
+    def _node(self, comps: Comps, m: Header) -> None:
+        if m.kind == tarstream.FIFO:
             kind = stat.S_IFIFO
             dev = 0
         else:
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            kind = stat.S_IFCHR if m.kind == tarstream.CHR else stat.S_IFBLK
             if kind == stat.S_IFCHR and m.devmajor == 0 and m.devminor == 0:
                 raise BadEntry("char device 0/0 is reserved for overlay whiteouts")
             if not self.allow_devices:
@@ -392,7 +354,7 @@ class Extractor:
         self._node_meta(fd, comps, m, chmod=True)
         self.created.add(comps)
 
-    def _node_meta(self, fd: int, comps: Comps, m: tarfile.TarInfo, *, chmod: bool) -> None:
+    def _node_meta(self, fd: int, comps: Comps, m: Header, *, chmod: bool) -> None:
         name = comps[-1]
         os.chown(name, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
         if _xattrs_of(m):
@@ -407,17 +369,16 @@ class Extractor:
             os.chmod(name, m.mode & 0o7777, dir_fd=fd, follow_symlinks=False)
         os.utime(name, ns=self._times(m), dir_fd=fd, follow_symlinks=False)
 
-    def _times(self, m: tarfile.TarInfo) -> tuple[int, int]:
-        mtime = _ns(m, "mtime")
-        return (_ns(m, "atime") if "atime" in m.pax_headers else mtime, mtime)
+    def _times(self, m: Header) -> tuple[int, int]:
+        return (m.mtime_ns if m.atime_ns is None else m.atime_ns, m.mtime_ns)
 
-    def _xattrs(self, target: int | str, m: tarfile.TarInfo) -> None:
+    def _xattrs(self, target: int | str, m: Header) -> None:
         for key, value in _xattrs_of(m):
             try:
                 os.setxattr(target, key, value)
             except OSError as e:
                 if e.errno == errno.EOPNOTSUPP:
-                    log.debug("xattr %s not supported here; skipped on %s", key, m.name)
+                    log.debug("xattr %s not supported here; skipped on %s", key, m.show())
                     continue
                 raise
 
@@ -518,35 +479,33 @@ class Extractor:
                 os.close(fd)
 
 
-def _xattrs_of(m: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+def _xattrs_of(m: Header) -> list[tuple[str, bytes]]:
+    if not m.xattrs:
+        return []
     out = []
-    for key, value in m.pax_headers.items():
-        if not key.startswith("SCHILY.xattr."):
-            continue
-        name = key[len("SCHILY.xattr.") :]
+    for name, value in m.xattrs.items():
         if name.startswith(("trusted.overlay.", "user.overlay.")):
             # The overlay's own bookkeeping: a layer must not forge it.
-            log.debug("ignoring xattr %s on %s", name, m.name)
+            log.debug("ignoring xattr %s on %s", name, m.show())
             continue
-        out.append((name, value.encode("utf-8", "surrogateescape")))
+        out.append((name, value))
     return out
 
 
-def extract(stream: BinaryIO, root: Path, whiteouts: str, *, allow_devices: bool) -> Extracted:
-    """Apply the uncompressed tar `stream` under `root`.
+def extract(
+    chunks: Callable[[], bytes], root: Path, whiteouts: str, *, allow_devices: bool
+) -> Extracted:
+    """Apply the uncompressed tar read from `chunks()` (b"" at its end) under `root`.
 
     Raises InvalidArgument naming the entry and the reason for anything that
     would escape `root` or cannot be applied; the caller discards `root`.
+    The tar stream is read up to its end-of-archive marker only.
     """
     ex = Extractor(root, whiteouts, allow_devices=allow_devices)
+    reader = TarReader(chunks)
     try:
-        with tarfile.open(
-            fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=_BoundedTarInfo
-        ) as tar:
-            return ex.run(tar)
-    except tarfile.TarError as e:
+        return ex.run(reader)
+    except TarFormatError as e:
         raise InvalidArgument(f"corrupt tar archive: {e}") from None
-    except RecursionError:  # tarfile recurses once per chained extended header
-        raise InvalidArgument("too many consecutive extended tar headers") from None
     finally:
         ex.close()

@@ -33,7 +33,7 @@ def test_reconcile_after_crash(
         raise Crash
 
     doomed = Unpacker(sn)
-    doomed._discard = lambda key: None  # type: ignore[method-assign]  # a crash cleans nothing
+    doomed._discard = lambda key, path=None: None  # type: ignore[method-assign]  # a crash cleans nothing
     with pytest.raises(Crash):
         doomed.unpack([base.layer(), Layer(second.diff_id, second.media_type, dying_open)])
     extracting = [i for i in sn.walk() if i.key.startswith("extract-")]
