@@ -5,8 +5,7 @@ that containerd meets): what idempotent calls answer for unknown IDs, the
 fields the kubelet refuses a status without, timestamps in nanoseconds,
 exit codes and reasons, the image fields the kubelet shows (image), keys its
 image GC on (image_ref / image_id) and compares with ListImages' IDs, filters
-that answer empty lists rather than errors, and the events the evented PLEG
-turns into pod statuses.
+that answer empty lists rather than errors (events: test_conformance_events).
 
 One pod (run the way critest runs its pods: no log directory, hostname or
 cgroup parent, names with capitals and UUIDs) serves the tests that only add
@@ -15,7 +14,6 @@ containers to it; each test removes what it created.
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.parse
 import uuid
@@ -29,47 +27,16 @@ import pytest
 
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, SLEEPER, CriEnv, Kubelet, code_of
-
-pytestmark = pytest.mark.root
-
-SECOND = 1_000_000_000
-NOT_FOUND = grpc.StatusCode.NOT_FOUND
-# The kubelet's well-known pod labels (k8s.io/kubelet/pkg/types).
-POD_NAME, POD_NAMESPACE, POD_UID = (
-    "io.kubernetes.pod.name",
-    "io.kubernetes.pod.namespace",
-    "io.kubernetes.pod.uid",
+from tests.cri.expectations import (
+    NOT_FOUND,
+    POD_UID,
+    critest_pod,
+    plausible_ns,
+    verify_container_status,
+    verify_sandbox_status,
 )
 
-
-def plausible_ns(ts: int, since: int) -> None:
-    """A nanosecond wall-clock time taken during the test (not s, not ms)."""
-    assert since - 2 * SECOND <= ts <= time.time_ns() + SECOND, (ts, since)
-
-
-def critest_pod(prefix: str, *, labels: dict[str, str] | None = None) -> cri.PodSandboxConfig:
-    """A pod config shaped like critest's framework makes them."""
-    name = prefix + str(uuid.uuid4())
-    uid = "cri-test-uid" + str(uuid.uuid4())
-    namespace = "cri-test-namespace" + str(uuid.uuid4())
-    return cri.PodSandboxConfig(
-        metadata=cri.PodSandboxMetadata(name=name, uid=uid, namespace=namespace, attempt=2),
-        labels={POD_NAME: name, POD_NAMESPACE: namespace, POD_UID: uid, **(labels or {})},
-        annotations={"abc": "def"},
-        linux=cri.LinuxPodSandboxConfig(),
-    )
-
-
-def verify_sandbox_status(st: cri.PodSandboxStatus) -> None:
-    """What the kubelet's remote runtime client refuses a PodSandboxStatus without."""
-    assert st.id and st.HasField("metadata") and st.created_at != 0
-    assert st.metadata.name and st.metadata.namespace and st.metadata.uid
-
-
-def verify_container_status(st: cri.ContainerStatus) -> None:
-    """What the kubelet's remote runtime client refuses a ContainerStatus without."""
-    assert st.id and st.HasField("metadata") and st.metadata.name and st.created_at != 0
-    assert st.HasField("image") and st.image.image and st.image_ref
+pytestmark = pytest.mark.root
 
 
 @dataclass
@@ -544,97 +511,3 @@ def test_container_and_pod_stats_with_filters(pod: SharedPod) -> None:
     assert pods(cri.PodSandboxStatsFilter(label_selector=dict(pod.config.labels))) == {pod.pod_id}
     assert pods(cri.PodSandboxStatsFilter(id=str(uuid.uuid4()))) == set()
     assert pods(cri.PodSandboxStatsFilter(label_selector={"app": "nothing"})) == set()
-
-
-# -- events (evented PLEG) --------------------------------------------------------------
-
-
-class EventStream:
-    """GetContainerEvents read on a thread, as the kubelet's evented PLEG does."""
-
-    def __init__(self, env: CriEnv) -> None:
-        self.call = env.rt.GetContainerEvents(cri.GetEventsRequest())
-        self.events: list[cri.ContainerEventResponse] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        time.sleep(0.2)  # let the subscription start
-
-    def _read(self) -> None:
-        try:
-            for event in self.call:
-                self.events.append(event)
-        except grpc.RpcError:
-            pass
-
-    def of(self, cid: str) -> list[cri.ContainerEventResponse]:
-        return [e for e in self.events if e.container_id == cid]
-
-    def wait(self, cid: str, kind: int, timeout: float = 10) -> cri.ContainerEventResponse:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.of(cid):
-                if e.container_event_type == kind:
-                    return e
-            time.sleep(0.05)
-        raise AssertionError(f"no event {kind} for {cid[:12]}: {self.of(cid)}")
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.thread.join(5)
-
-
-def test_events_carry_what_the_evented_pleg_needs(cri_env: CriEnv, kube: Kubelet) -> None:
-    since = time.time_ns()
-    stream = EventStream(cri_env)
-    try:
-        config = kube.pod_config("Evented")
-        pod_id = kube.run_pod(config)
-        cid = kube.run(pod_id, config, "job", [BB, "sh", "-c", "exit 3"])
-        kube.wait_state(cid, cri.CONTAINER_EXITED)
-        kube.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
-        kube.stop_pod(pod_id)
-        kube.remove_pod(pod_id)
-        expect_state = {
-            cri.CONTAINER_CREATED_EVENT: cri.CONTAINER_CREATED,
-            cri.CONTAINER_STARTED_EVENT: cri.CONTAINER_RUNNING,
-            cri.CONTAINER_STOPPED_EVENT: cri.CONTAINER_EXITED,
-        }
-        for kind in (*expect_state, cri.CONTAINER_DELETED_EVENT):
-            for subject in (cid, pod_id):
-                e = stream.wait(subject, kind)
-                # The kubelet drops an event without the pod's metadata and
-                # builds the pod's status from the event alone.
-                verify_sandbox_status(e.pod_sandbox_status)
-                assert e.pod_sandbox_status.id == pod_id
-                assert e.pod_sandbox_status.metadata == config.metadata
-                plausible_ns(e.created_at, since)
-                for st in e.containers_statuses:
-                    verify_container_status(st)
-                mine = [s for s in e.containers_statuses if s.id == cid]
-                if subject == cid and kind in expect_state:
-                    assert [s.state for s in mine] == [expect_state[kind]], kind
-                if kind == cri.CONTAINER_DELETED_EVENT:
-                    assert mine == []
-        stopped = stream.wait(cid, cri.CONTAINER_STOPPED_EVENT)
-        [st] = [s for s in stopped.containers_statuses if s.id == cid]
-        assert (st.exit_code, st.reason) == (3, "Error")
-        assert stream.wait(pod_id, cri.CONTAINER_STOPPED_EVENT).pod_sandbox_status.state == (
-            cri.SANDBOX_NOTREADY
-        )
-    finally:
-        stream.close()
-
-    # A stream opened late (a restarted kubelet) still gets the pod's metadata
-    # on the delete of a pod it saw nothing else of.
-    config = kube.pod_config("Evented-late")
-    pod_id = kube.run_pod(config)
-    kube.stop_pod(pod_id)
-    late = EventStream(cri_env)
-    try:
-        kube.remove_pod(pod_id)
-        e = late.wait(pod_id, cri.CONTAINER_DELETED_EVENT)
-        verify_sandbox_status(e.pod_sandbox_status)
-        assert e.pod_sandbox_status.metadata == config.metadata
-        assert e.pod_sandbox_status.state == cri.SANDBOX_NOTREADY
-    finally:
-        late.close()
