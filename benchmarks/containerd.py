@@ -4,12 +4,22 @@ A private containerd: its own root, state, socket and config in our temp dir
 (CRI plugin off: `ctr` talks to its native API, as `pyctr` does to pyctr's),
 started and stopped by PID; afterwards its shims, mounts and cgroups are
 cleaned. `pyctr_ratio` = pyctr's figure / containerd's, both from this run.
+
+Pulls alternate: each round pulls with a fresh pyctrd and a fresh containerd,
+the order swapped every round, so both meet the same machine (other work,
+page cache, and ext4's inode allocator, which on this no-journal filesystem
+skips inodes freed in the last minutes: the previous run's deleted tree makes
+the next run's file creation slower, whoever runs next). `pyctr_ratio` is
+median over median; `pyctr_round_ratio` the median of the per-round ratios;
+`pyctr_cpu_ratio` compares CPU time (pyctrd vs containerd plus ctr, which
+fetches in the client).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -21,7 +31,7 @@ from functools import partial
 from benchmarks import procinfo
 from benchmarks.core import Metrics, NotAvailable, measurement, metric, ratio, summary_ms, timed
 from benchmarks.env import BenchEnv
-from benchmarks.pull import IMAGES, image_sizes, pull_runs, rates, skip_in_quick
+from benchmarks.pull import IMAGES, image_sizes, pull_runs, pyctr_pull_once, rates, skip_in_quick
 
 NAMESPACE = "pyctrbench"
 DISABLED = [
@@ -54,6 +64,7 @@ class Containerd:
         self.log = self.dir / "containerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._n = 0
+        self.ctr_cpu_s = 0.0  # CPU time of the last ctr command
 
     def start(self) -> Containerd:
         with open(self.log, "ab") as log:
@@ -82,6 +93,7 @@ class Containerd:
         return self.proc.pid
 
     def ctr(self, *args: str, timeout: float = 600) -> None:
+        before = _children_cpu()
         res = subprocess.run(
             ["ctr", "-a", self.address, "-n", NAMESPACE, *args],
             stdin=subprocess.DEVNULL,
@@ -90,6 +102,7 @@ class Containerd:
             timeout=timeout,
             check=False,
         )
+        self.ctr_cpu_s = _children_cpu() - before
         if res.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args[:2])}: {res.stderr.decode().strip()[-300:]}")
 
@@ -148,20 +161,49 @@ def memory_idle(env: BenchEnv) -> Metrics:
     return out
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _ctr_pull_once(env: BenchEnv, ref: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of containerd and ctr) of one cold pull."""
+    with running(env) as c:
+        cpu = procinfo.cpu_seconds(c.pid)
+        wall = timed(lambda: c.ctr("images", "pull", "--plain-http", ref))
+        return wall, procinfo.cpu_seconds(c.pid) - cpu + c.ctr_cpu_s
+
+
 def containerd_pull(env: BenchEnv, image: str) -> Metrics:
     skip_in_quick(env, image)
     ref, info = env.image(image)
-    times = []
-    for _ in range(pull_runs(env)):
-        with running(env) as c:
-            times.append(timed(lambda: c.ctr("images", "pull", "--plain-http", ref)))  # noqa: B023
-    median = statistics.median(times)
+    theirs: list[tuple[float, float]] = []
+    mine: list[tuple[float, float]] = []
+    pyctr_failed = False
+    for n in range(pull_runs(env)):
+        if n % 2:
+            theirs.append(_ctr_pull_once(env, ref))
+        if not pyctr_failed:
+            try:
+                mine.append(pyctr_pull_once(env, ref))
+            except Exception:  # containerd's own figures stand anyway
+                pyctr_failed = True
+        if not n % 2:
+            theirs.append(_ctr_pull_once(env, ref))
+    median = statistics.median(wall for wall, _ in theirs)
+    cpu = statistics.median(c for _, c in theirs)
     sizes = image_sizes(info)
-    out = {"median_s": median, "min_s": min(times), **rates(median, sizes)}
-    with contextlib.suppress(NotAvailable):  # containerd's own figures stand anyway
-        mine = metric(env, f"pull.{image}", "median_s")
-        out["pyctr_median_s"] = mine
-        out["pyctr_ratio"] = ratio(mine, median)
+    out = {"median_s": median, "min_s": min(w for w, _ in theirs), "cpu_s": cpu}
+    out.update(rates(median, sizes))
+    if mine and len(mine) == len(theirs):
+        my_median = statistics.median(wall for wall, _ in mine)
+        out["pyctr_median_s"] = my_median
+        out["pyctr_cpu_s"] = statistics.median(c for _, c in mine)
+        out["pyctr_ratio"] = ratio(my_median, median)
+        out["pyctr_round_ratio"] = statistics.median(
+            ratio(a, b) for (a, _), (b, _) in zip(mine, theirs, strict=True)
+        )
+        out["pyctr_cpu_ratio"] = ratio(out["pyctr_cpu_s"], cpu)
     return out
 
 

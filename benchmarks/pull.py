@@ -7,7 +7,9 @@ own disk, warm in the page cache after the push, as a nearby registry would.
 Images (see imagegen): small = busybox; medium = 10 layers, about 50 MiB;
 large = 5 layers, about 500 MiB of many small files and a few large ones,
 half compressible. `mib_per_s` counts compressed (transferred) bytes,
-`unpacked_mib_per_s` the tar bytes written out.
+`unpacked_mib_per_s` the tar bytes written out, `cpu_s` the CPU time (user +
+system, all threads) pyctrd spent on the pull: steadier than wall time when
+other work shares the machine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 
 from benchmarks.core import Metrics, Skipped, measurement, timed
 from benchmarks.env import BenchEnv
-from benchmarks.procinfo import MIB
+from benchmarks.procinfo import MIB, cpu_seconds
 
 IMAGES = ("small", "medium", "large")
 
@@ -44,16 +46,28 @@ def skip_in_quick(env: BenchEnv, image: str) -> None:
         raise Skipped("--quick pulls the small image only")
 
 
+def pyctr_pull_once(env: BenchEnv, ref: str) -> tuple[float, float]:
+    """(wall seconds, pyctrd CPU seconds) of one cold pull in a fresh daemon."""
+    with env.fresh_daemon() as (daemon, client):
+        cpu = cpu_seconds(daemon.pid)
+        wall = timed(lambda: client.pull(ref))
+        return wall, cpu_seconds(daemon.pid) - cpu
+
+
 def pyctr_pull(env: BenchEnv, image: str) -> Metrics:
     skip_in_quick(env, image)
     ref, info = env.image(image)
-    times = []
-    for _ in range(pull_runs(env)):
-        with env.fresh_daemon() as (_, client):
-            times.append(timed(lambda: client.pull(ref)))  # noqa: B023
+    runs = [pyctr_pull_once(env, ref) for _ in range(pull_runs(env))]
+    times = [wall for wall, _ in runs]
     median = statistics.median(times)
     sizes = image_sizes(info)
-    return {"median_s": median, "min_s": min(times), **sizes, **rates(median, sizes)}
+    return {
+        "median_s": median,
+        "min_s": min(times),
+        "cpu_s": statistics.median(cpu for _, cpu in runs),
+        **sizes,
+        **rates(median, sizes),
+    }
 
 
 def _register(image: str) -> None:
