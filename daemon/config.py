@@ -170,7 +170,33 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
-    return _build(Config, data, "")
+    config = _build(Config, data, "")
+    _check_choices(config)
+    return config
+
+
+# Keys whose value must be one of a few words; checked at load, so a daemon
+# never starts with a setting it would only trip over at the first pod.
+_CHOICES = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "snapshotter.backend": ("overlayfs", "native"),
+    "cri.cgroup_driver": ("cgroupfs",),
+}
+
+
+def _check_choices(config: Config) -> None:
+    for dotted, allowed in _CHOICES.items():
+        value: Any = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value not in allowed:
+            words = " or ".join(f'"{a}"' for a in allowed)
+            raise InvalidArgument(f"config: {dotted!r} must be {words}, not {value!r}")
+    for name in ("root", "state", "address"):
+        if not getattr(config, name).startswith("/"):
+            raise InvalidArgument(f"config: {name!r} must be an absolute path")
+    if not config.runtime.cgroup_parent.startswith("/"):
+        raise InvalidArgument("config: 'runtime.cgroup_parent' must start with '/'")
 
 
 def _toml_value(value: Any) -> str:

@@ -100,6 +100,9 @@ def test_config_default_is_complete_toml() -> None:
         ),
         ("[cri.cni]\nconf_dir = 3\n", "'cri.cni.conf_dir' must be str"),
         ("[registry\n", "config file"),
+        ("[cri]\ncgroup_driver = 'systemd'\n", "'cri.cgroup_driver' must be \"cgroupfs\""),
+        ("[snapshotter]\nbackend = 'zfs'\n", "'snapshotter.backend' must be"),
+        ("address = 'x.sock'\n", "'address' must be an absolute path"),
     ],
 )  # fmt: skip
 def test_bad_config_is_refused_with_its_key(tmp_path: Path, text: str, message: str) -> None:
