@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -120,6 +121,13 @@ def _socket_gid(group: str) -> int:
 def _secure_socket(path: Path, gid: int) -> None:
     os.chown(path, 0, gid)
     os.chmod(path, 0o660)
+    if gid:
+        # The group must be able to reach the socket: give its dir search
+        # permission (never read or write), which our umask took away.
+        parent = path.parent
+        mode = stat.S_IMODE(parent.stat().st_mode)
+        if mode & 0o011 != 0o011:
+            os.chmod(parent, mode | 0o011)
 
 
 async def serve(cfg: Config, config_file: Path | None) -> None:

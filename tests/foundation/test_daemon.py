@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import signal
 import stat
@@ -145,3 +146,18 @@ def test_rpc_names_and_durations_logged_at_debug(pyctrd: PyctrDaemon) -> None:
         "/runtime.v1.RuntimeService/Version OK" in line and line.endswith("ms") for line in lines
     )
     assert "Traceback" not in pyctrd.log()
+
+
+def test_socket_in_private_state_dir_is_reachable_by_its_group(daemon_factory) -> None:
+    """The default layout: the socket inside the (otherwise private) state dir."""
+    from tests.faults.test_access import SYSTEM_PYTHON, connect_as_nobody
+
+    if not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip("needs the system python3 to act as another user")
+    adm = grp.getgrnam("adm").gr_gid
+    d = daemon_factory('socket_group = "adm"\n', start=False)
+    d.address = str(d.state / "pyctr.sock")
+    d.start()
+    assert stat.S_IMODE(os.stat(d.state).st_mode) & 0o066 == 0  # still not listable
+    assert connect_as_nobody(d.address, group=adm) == "answered"
+    assert connect_as_nobody(d.address) == "refused"
