@@ -8,6 +8,7 @@ RPC's name and duration are logged at debug level.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -56,23 +57,30 @@ def _decode(method: str, deserializer: Callable[[bytes], Any] | None, raw: Any) 
         raise InvalidArgument(f"malformed {method.rsplit('/', 1)[-1]} request: {e}") from None
 
 
+@contextlib.asynccontextmanager
+async def _answering(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Around each call: errors to status codes, and the debug log line."""
+    started = time.perf_counter()
+    outcome = "OK"
+    try:
+        yield
+    except grpc.aio.AbortError:
+        outcome = "aborted"
+        raise
+    except Exception as exc:
+        code, message = _status_for(method, exc)
+        outcome = code.name
+        await context.abort(code, message)
+    finally:
+        _log_done(method, started, outcome)
+
+
 def _wrap_unary(
     method: str, fn: Callable[..., Awaitable[Any]], deserializer: Callable[[bytes], Any] | None
 ) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        outcome = "OK"
-        try:
+        async with _answering(method, context):
             return await fn(_decode(method, deserializer, request), context)
-        except grpc.aio.AbortError:
-            outcome = "aborted"
-            raise
-        except Exception as exc:
-            code, message = _status_for(method, exc)
-            outcome = code.name
-            await context.abort(code, message)
-        finally:
-            _log_done(method, started, outcome)
 
     return call
 
@@ -81,24 +89,13 @@ def _wrap_stream(
     method: str, fn: Callable[..., Any], deserializer: Callable[[bytes], Any] | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        outcome = "OK"
-        try:
+        async with _answering(method, context):
             result = fn(_decode(method, deserializer, request), context)
             if inspect.isasyncgen(result):
                 async for item in result:
                     yield item
             else:
                 await result
-        except grpc.aio.AbortError:
-            outcome = "aborted"
-            raise
-        except Exception as exc:
-            code, message = _status_for(method, exc)
-            outcome = code.name
-            await context.abort(code, message)
-        finally:
-            _log_done(method, started, outcome)
 
     return call
 
