@@ -339,6 +339,11 @@ class ContentStore:
             if self.exists(digest):
                 if self.path(digest).stat().st_size != size:
                     raise DataLoss(f"stored blob {digest} does not have size {size}")
+                # A crash between a commit's rename and its cleanup leaves the
+                # ingest dir of a stored blob: nothing will ever resume it.
+                leftover = self.ingest_dir / ingest_ref(digest)
+                if digest not in self._inflight and leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
                 return False
             entry = self._inflight.get(digest)
             if entry is None:
