@@ -244,5 +244,6 @@ def test_oom_kill_inside_a_running_container(
     st = pods.status(hog_init)
     assert (st.exit_code, st.reason) == (137, "OOMKilled"), st
     assert pods.status(cid).state == cri_pb2.CONTAINER_RUNNING
-    assert problems(cl.d) == []
+    # The exit is recorded first, its task torn down just after.
+    assert wait_until(lambda: problems(cl.d) == []), problems(cl.d)
     pods.remove(pod_id)
