@@ -18,7 +18,7 @@ import pytest
 
 from pyctr.proto import cri_pb2
 from tests.faults.conftest import Client, FaultImages, Pods, rpc_error
-from tests.faults.consistency import blob_digests, ingests, problems, query, snapshots
+from tests.faults.consistency import alive, blob_digests, ingests, problems, query, snapshots
 from tests.faults.netfaults import wait_until
 
 pytestmark = pytest.mark.root
@@ -128,3 +128,37 @@ def test_container_log_fills_its_disk(
 def _flooded(cl: Client, cid: str) -> bool:
     req = cri_pb2.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "[ -e /tmp/flood-done ]"])
     return cl.rt.ExecSync(req, timeout=20).exit_code == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime.py _on_exit: an exit that cannot be stored (SQLITE_FULL) kills the shim "
+    "watcher and is never retried; the container shows running until pyctrd restarts",
+)
+def test_an_exit_while_the_root_is_full_is_recorded_once_there_is_room(
+    client_factory: Callable[..., Client], fault_images: FaultImages
+) -> None:
+    cl = client_factory(start=False)
+    image = fault_images.ref("busybox")
+    with tmpfs(cl.d.root, "8m"):
+        try:
+            cl.d.start()
+            cl.native_pull(image)
+            # Its log (under the root) fills the disk, then it exits: the exit
+            # cannot be written to the database at that moment.
+            flood = "/bin/busybox yes pyctr-fills-the-disk | /bin/busybox head -c 12000000; exit 3"
+            c = cl.run(image, ["sh", "-c", flood], name="flood")
+            assert wait_until(lambda: not alive(c.pid), timeout=60), "the flood did not end"
+            resize(cl.d.root, "64m")
+            assert wait_until(lambda: cl.get("flood").status == "exited", timeout=8)
+            assert cl.get("flood").exit_code == 3
+            cl.remove_all()
+            assert problems(cl.d) == []
+        finally:
+            # A restart picks the exit up from the shim, whatever happened above.
+            cl.d.stop()
+            resize(cl.d.root, "64m")
+            cl.d.start()
+            cl.reconnect()
+            cl.remove_all()
+            cl.d.stop()
