@@ -15,6 +15,9 @@ resumes. Stale ingests are removed by GC unless a lease holds them.
 Two pulls that need one blob at the same time download it once: `fetch()`
 keeps one in-flight download per digest; later callers wait for it.
 Files are 0600 and directories 0700: image content may hold secrets.
+
+A blob can be read while it downloads (`IngestWriter.follow()`), so a layer
+unpacks as it arrives; the follower's end of stream waits for the digest check.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +91,8 @@ class IngestWriter:
 
     Opening resumes a previous partial ingest of the same digest (its bytes are
     re-hashed, never trusted). Not thread-safe; one writer per ref at a time
-    (an flock keeps a second process out too).
+    (an flock keeps a second process out too). Followers may read from other
+    threads.
     """
 
     def __init__(self, store: ContentStore, digest: str, size: int) -> None:
@@ -110,6 +115,10 @@ class IngestWriter:
             raise Unavailable(f"blob {digest} is being written by another process") from None
         self._hash = hashlib.sha256()
         self.offset = 0
+        self._progress = threading.Condition()  # followers wait on it for bytes
+        self._followed = False
+        self._committed = False
+        self._ended = False
         try:
             old = json.loads(meta_path.read_text())
         except (OSError, ValueError):
@@ -154,6 +163,8 @@ class IngestWriter:
             raise
         self._hash.update(chunk)
         self.offset += len(chunk)
+        if self._followed:
+            self._wake()
 
     def reset(self) -> None:
         """Start over from byte 0 (the server ignored our Range)."""
@@ -161,6 +172,31 @@ class IngestWriter:
         self._file.seek(0)
         self._hash = hashlib.sha256()
         self.offset = 0
+
+    def follow(self) -> IngestFollower:
+        """A reader of this blob's bytes as they are written, from byte 0.
+
+        Its read() returns what has arrived, waiting for more; at the end of
+        the blob it returns b"" only once commit() has verified size and
+        digest, and it raises Unavailable if the ingest ends any other way.
+        Until then the bytes are unverified: whoever uses them checks what it
+        makes of them (the applier checks the layer's diff ID) and drops it all
+        if read() raises. After a reset() (a server ignoring Range) the
+        follower goes on from where it was once the bytes are there again:
+        the same blob, or a digest failure at the end.
+        """
+        fd = os.open(self.dir / "data", os.O_RDONLY | os.O_CLOEXEC)
+        self._followed = True
+        return IngestFollower(self, fd)
+
+    def _wake(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    def _end(self) -> None:
+        with self._progress:
+            self._ended = True
+            self._progress.notify_all()
 
     def commit(self) -> None:
         """Verify size and digest, then move the blob into place atomically.
@@ -184,6 +220,7 @@ class IngestWriter:
         target = self.store.path(self.digest)
         os.replace(self.dir / "data", target)
         _fsync_dir(target.parent)
+        self._committed = True
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -191,10 +228,53 @@ class IngestWriter:
         """Stop writing; the partial ingest stays for a later resume."""
         if not self._file.closed:
             self._file.close()
+        self._end()
 
     def abort(self) -> None:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DownloadStopped(Unavailable):
+    """A follower's blob will not be complete: the download's own error says why."""
+
+
+class IngestFollower:
+    """See IngestWriter.follow()."""
+
+    def __init__(self, writer: IngestWriter, fd: int) -> None:
+        self._writer = writer
+        self._fd = fd
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        w = self._writer
+        while True:
+            with w._progress:
+                while w.offset <= self._pos:
+                    if w._ended:
+                        if w._committed:
+                            return b""
+                        raise DownloadStopped(
+                            f"blob {w.digest}: the download stopped before it was complete"
+                        )
+                    w._progress.wait()
+                avail = w.offset - self._pos
+            data = os.pread(self._fd, avail if n < 0 else min(n, avail), self._pos)
+            if data:  # (empty only if a reset() truncated the file meanwhile)
+                self._pos += len(data)
+                return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> IngestFollower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ContentStore:

@@ -7,8 +7,10 @@
    choose the platform (the host's unless `platform` says otherwise);
 2. fetch the config; check its diff IDs against the layers;
 3. download the layers in parallel (at most `registry.max_concurrent_downloads`)
-   into the content store while the unpacker applies them in order in a thread,
-   each layer waiting for its own download;
+   into the content store while the unpacker applies them in threads, each
+   layer as its bytes arrive (following the ingest file); a layer's snapshot
+   is committed only after its blob's digest was verified (the follower's end
+   of stream waits for that) and its diff ID matched;
 4. commit the image record (names, pinned content, top chain ID) in one
    transaction.
 
@@ -27,12 +29,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from pyctr.daemon import config as cfg
-from pyctr.daemon.content import ContentStore, ingest_ref
+from pyctr.daemon.content import (
+    ContentStore,
+    DownloadStopped,
+    IngestFollower,
+    IngestWriter,
+    ingest_ref,
+)
 from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
 from pyctr.daemon.images import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
 from pyctr.daemon.leases import PULL_LEASE_TTL, Leases
@@ -312,8 +320,23 @@ class Puller:
         diff_ids: list[str],
         progress: PullProgress,
     ) -> str:
-        ready: list[concurrent.futures.Future[str]] = [concurrent.futures.Future() for _ in layers]
+        # Per layer, how the unpacker gets its bytes: following the download
+        # as it is written, or opening the stored blob.
+        ready: list[concurrent.futures.Future[Callable[[], BinaryIO]]] = [
+            concurrent.futures.Future() for _ in layers
+        ]
+        followers: list[IngestFollower] = []
         limit = asyncio.Semaphore(max(1, self.config.registry.max_concurrent_downloads))
+
+        def download(i: int, desc: Descriptor, writer: IngestWriter) -> Awaitable[None]:
+            # A fresh download is unpacked as it arrives. A resumed one is not:
+            # its start is on disk already, and if it fails verification the
+            # content store retries with a new writer that no follower sees.
+            if writer.offset == 0 and not ready[i].done():
+                follower = writer.follow()
+                followers.append(follower)
+                ready[i].set_result(lambda: follower)  # type: ignore[return-value]
+            return repo.fetch_blob(desc, writer)
 
         async def fetch(i: int, desc: Descriptor) -> None:
             lp = progress.layers[i]
@@ -322,7 +345,7 @@ class Puller:
                 progress.changed.set()
                 began = time.monotonic()
                 fresh = await self.content.fetch(
-                    desc.digest, desc.size, lambda w: repo.fetch_blob(desc, w)
+                    desc.digest, desc.size, lambda w: download(i, desc, w)
                 )
                 took = time.monotonic() - began
                 log.debug(
@@ -332,13 +355,14 @@ class Puller:
             lp.state, lp.done = ("downloaded" if fresh else "exists"), desc.size
             progress.changed.set()
             if not ready[i].done():
-                ready[i].set_result(str(self.content.path(desc.digest)))
+                path = self.content.path(desc.digest)
+                ready[i].set_result(lambda: open(path, "rb"))  # noqa: SIM115 (the unpacker closes it)
 
         def opener(i: int) -> Any:
             def open_layer() -> BinaryIO:
-                path = ready[i].result()
+                how = ready[i].result()
                 progress.layers[i].state = "unpacking"
-                return open(path, "rb")  # noqa: SIM115 (the unpacker closes it)
+                return how()
 
             return open_layer
 
@@ -373,6 +397,8 @@ class Puller:
                     [downloads, unpacking],  # type: ignore[list-item]
                     return_when=asyncio.FIRST_EXCEPTION,
                 )
+                if unpacking.done() and isinstance(unpacking.exception(), DownloadStopped):
+                    await downloads  # it failed or is failing: its error says why
                 if unpacking.done():
                     unpacking.result()  # the unpacker failed early: raise its error
                 await downloads
@@ -393,6 +419,9 @@ class Puller:
                 if not unpacking.cancelled() and unpacking.exception() is not None:
                     log.info("unpack for %s stopped: %s", repo.ref, unpacking.exception())
                 raise
+            finally:
+                for follower in followers:  # those of layers the unpacker skipped
+                    follower.close()
 
 
 def _diff_ids(config: dict[str, Any], n_layers: int, what: str) -> list[str]:

@@ -3,11 +3,17 @@
     top = Unpacker(snapshotter).unpack([Layer(diff_id, media_type, open), ...])
 
 For each layer not yet committed, the compressed blob is opened, decompressed
-by its media type (checked against the magic bytes), extracted path-safely
-(pyctr.snapshotter.unpack) into an `extract-<uuid> <chainID>` snapshot,
-verified against its diffID, and committed as its chain ID with the diffID
-as a label. A failed layer leaves no snapshot behind; a crash leaves
-`extract-*` snapshots that `reconcile()` removes at the next start.
+by its media type (pyctr.snapshotter.decode, checked against the magic bytes),
+extracted path-safely (pyctr.snapshotter.unpack) into an
+`extract-<uuid> <chainID>` snapshot, verified against its diffID, and
+committed as its chain ID with the diffID as a label. A failed layer leaves no
+snapshot behind; a crash leaves `extract-*` snapshots that `reconcile()`
+removes at the next start.
+
+The blob may still be arriving (a pull follows its downloads): its read()
+then waits for bytes, and raises at the end if the blob fails its own digest
+check. So the blob is always read to its end before a layer is committed, and
+when a layer fails, the blob's error, if it has one, is the one reported.
 
 With the overlay backend layers do not depend on each other's content, so up
 to `max_parallel` extract at once and are committed in chain order as they
@@ -76,6 +82,16 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
             text = f"{out[-1]} {diff_id}".encode()
             out.append("sha256:" + hashlib.sha256(text).hexdigest())
     return out
+
+
+def _read_to_end(raw: BinaryIO) -> Exception | None:
+    """Read a blob to its end; the error that stopped it, if one did."""
+    try:
+        while raw.read(RAW_CHUNK):
+            pass
+    except Exception as e:
+        return e
+    return None
 
 
 class _Flights:
@@ -206,25 +222,23 @@ class Unpacker:
             with layer.open() as raw:
                 began = time.monotonic()
                 log.debug("%s: extracting", what)
-                decoder = LayerDecoder(raw, layer.media_type, what)
                 try:
-                    result = extract(
-                        decoder.read,
-                        target.path,
-                        target.whiteouts,
-                        allow_devices=self.allow_devices,
-                    )
-                except InvalidArgument as e:
-                    if str(e).startswith(what):
-                        raise
-                    raise InvalidArgument(f"{what}: {e}") from None
-                # The diffID covers the whole stream, padding after the tar's end too;
-                # and the blob is read to its end, where a blob still being
-                # downloaded answers only once its own digest has been verified.
-                while decoder.read():
-                    pass
-                while raw.read(RAW_CHUNK):
-                    pass
+                    decoder = LayerDecoder(raw, layer.media_type, what)
+                    result = self._extract_tar(decoder, target, what)
+                    # The diffID covers the whole stream, padding after the tar's end too.
+                    while decoder.read():
+                        pass
+                except Exception as e:
+                    # Whether the layer or the blob is at fault: a blob still
+                    # downloading may be wrong (then its error is the one to report).
+                    blob_error = _read_to_end(raw)
+                    if blob_error is not None:
+                        raise blob_error from e
+                    raise
+                # A blob still being downloaded ends only once its digest has been verified.
+                blob_error = _read_to_end(raw)
+                if blob_error is not None:
+                    raise blob_error
             got = decoder.digest()
             if got != layer.diff_id:
                 raise DataLoss(f"{what}: uncompressed content has digest {got}")
@@ -240,6 +254,16 @@ class Unpacker:
             time.monotonic() - began,
         )
         return result
+
+    def _extract_tar(self, decoder: LayerDecoder, target: LayerTarget, what: str) -> Extracted:
+        try:
+            return extract(
+                decoder.read, target.path, target.whiteouts, allow_devices=self.allow_devices
+            )
+        except InvalidArgument as e:
+            if str(e).startswith(what):
+                raise
+            raise InvalidArgument(f"{what}: {e}") from None
 
     def _commit(
         self, layer: Layer, chains: list[str], i: int, target: LayerTarget, extracted: Extracted
