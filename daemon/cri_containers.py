@@ -37,8 +37,9 @@ from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
 
-# ExecSync output kept per stream (the CRI's documented cap).
-MAX_EXEC_OUTPUT = 16 * 1024 * 1024
+# ExecSync output kept per stream: both together, with the answer's envelope,
+# must fit the kubelet's (and our) 16 MiB message limit, or the probe fails.
+MAX_EXEC_OUTPUT = 8 * 1024 * 1024 - 4096
 STREAM_CHUNK = 500
 _EVENT_TYPES = {
     "/containers/create": cri.CONTAINER_CREATED_EVENT,

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from pyctr.proto import containers_pb2 as pb
-from pyctr.proto import cri_pb2
+from pyctr.proto import cri_pb2, cri_pb2_grpc
 from tests.faults.conftest import EVIL_TARGET, Client, FaultImages, Pods, rpc_error
 from tests.faults.consistency import ingests, problems, query
 from tests.faults.netfaults import LyingRegistry, wait_until
@@ -316,3 +316,31 @@ def test_registries_that_hang_lie_and_never_stop(
     cl.pull(f"{reg.host}/lying:1")
     assert ingests(cl.d) == []
     assert problems(cl.d) == []
+
+
+def test_a_container_flooding_exec_sync_output(
+    client_factory: Callable[..., Client],
+    fault_images: FaultImages,
+    pods_factory: Callable[[Client], Pods],
+) -> None:
+    """A probe command (ExecSync) that prints far more than a message may hold:
+    the CRI says cap it and carry on, so the answer is OK and fits 16 MiB."""
+    cl = client_factory(f'[cri]\nsandbox_image = "{fault_images.ref("pause")}"\n')
+    pods = pods_factory(cl)
+    pod_id, pod = pods.run("flood")
+    cid = pods.container(pod_id, pod, "flood", ["sleep", "600"])
+    yes = "/bin/busybox yes pyctr-output | /bin/busybox head -c 40000000"
+    # As the kubelet's CRI client: 16 MiB messages.
+    kubelet = grpc.insecure_channel(
+        f"unix:{cl.d.address}", options=[("grpc.max_receive_message_length", 16 << 20)]
+    )
+    rt = cri_pb2_grpc.RuntimeServiceStub(kubelet)
+    for script in (yes, f"{yes}; {yes} >&2"):
+        req = cri_pb2.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=60)
+        res = rt.ExecSync(req, timeout=120)
+        assert res.exit_code == 0
+        assert len(res.stdout) > 4 << 20 and len(res.stdout) + len(res.stderr) < 16 << 20
+        assert res.stdout.startswith(b"pyctr-output\n")
+    kubelet.close()
+    assert pods.status(cid).state == cri_pb2.CONTAINER_RUNNING
+    pods.remove(pod_id)
