@@ -38,7 +38,13 @@ from typing import Any
 from pyctr.daemon import shim_client
 from pyctr.daemon.container_cache import CachedStore
 from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container, new_id
-from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pyctr.daemon.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    disk_full,
+)
 from pyctr.daemon.oci_spec import SpecOptions, build, write_bundle_config
 from pyctr.daemon.rootfs import User
 from pyctr.daemon.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
@@ -302,17 +308,35 @@ class RuntimeManager:
                         record = ExitRecord(pid=0, exit_status=255, signal=0, exited_at=0)
                         message += f"; cleanup failed: {e}"
             if not already:
-                c = self.store.update(
-                    cid, status=EXITED, exit_code=record.exit_status,
-                    finished_at=record.exited_at or time.time_ns(),
-                    reason="Unknown" if message else exit_reason(record), message=message,
-                )  # fmt: skip
+                c = await self._store_exit(cid, record, message)
             if task is not None:
                 await self._teardown_task(c, task.shim)
             else:
                 await self._release_rootfs(c)
             if not already:
                 self._finish_exit(c)
+
+    async def _store_exit(self, cid: str, record: ExitRecord, message: str) -> Container:
+        """Record the exit; while the root's disk is full, keep trying.
+
+        The shim keeps its exit record (and the task stays) until this
+        succeeds, so nothing is lost in the meantime, and a restart would
+        pick the exit up from the shim anyway.
+        """
+        delay = 0.25
+        while True:
+            try:
+                return self.store.update(
+                    cid, status=EXITED, exit_code=record.exit_status,
+                    finished_at=record.exited_at or time.time_ns(),
+                    reason="Unknown" if message else exit_reason(record), message=message,
+                )  # fmt: skip
+            except Exception as e:
+                if not disk_full(e):
+                    raise
+                log.warning("cannot record the exit of %s yet: %s; retrying", cid[:12], e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _finish_exit(self, c: Container) -> None:
         """Wake waiters, publish the exit, and remove an auto-remove container."""

@@ -130,11 +130,6 @@ def _flooded(cl: Client, cid: str) -> bool:
     return cl.rt.ExecSync(req, timeout=20).exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime.py _on_exit: an exit that cannot be stored (SQLITE_FULL) kills the shim "
-    "watcher and is never retried; the container shows running until pyctrd restarts",
-)
 def test_an_exit_while_the_root_is_full_is_recorded_once_there_is_room(
     client_factory: Callable[..., Client], fault_images: FaultImages
 ) -> None:
