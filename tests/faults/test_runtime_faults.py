@@ -39,9 +39,11 @@ for a in "$@"; do
   [ "$prev" = "--log" ] && log=$a
   prev=$a
   case "$a" in
-    create|start|kill|delete|exec|state|pause|resume|update|events|ps) cmd=$a; break;;
+    run|create|start|kill|delete|exec|state|pause|resume|update|events|ps) cmd=$a; break;;
   esac
 done
+# `run` is `create` and `start` in one.
+if [ "$cmd" = run ] && { [ "$fail" = create ] || [ "$fail" = start ]; }; then cmd=$fail; fi
 if [ -n "$fail" ] && [ "$cmd" = "$fail" ]; then
   # As runc does: the error as JSON in its --log file, and on stderr.
   msg="fake runc: $cmd refused by the test"
@@ -211,7 +213,8 @@ def test_shim_killed_under_a_running_exec_and_a_stop(
             assert rpc_error(last)[0] not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
         info = cl.get(what)
         assert info.reason == "Unknown" and "shim" in info.message, info
-        assert problems(cl.d) == [], what
+        # The exit is recorded first, the dead shim's leftovers cleaned just after.
+        assert wait_until(lambda: problems(cl.d) == []), (what, problems(cl.d))
 
 
 def test_oom_kill_inside_a_running_container(
