@@ -191,8 +191,12 @@ class RuntimeManager:
                 raise FailedPrecondition(f"container {cid[:12]} is {c.status}")
             return await self._create_task(c)
 
-    async def _create_task(self, c: Container) -> ShimClient:
-        """Spawn the shim for created container c; the caller holds its lock."""
+    async def _create_task(self, c: Container, start: bool = False) -> ShimClient:
+        """Spawn the shim for created container c; the caller holds its lock.
+
+        start: the shim starts the container too (one `runc run`), and
+        returns with it running (pid in `shim.pid`).
+        """
         if self.ctx.runc_path is None:
             runc = self.config.runtime.runc
             message = f"runc {runc!r} not found; install runc or set runtime.runc"
@@ -211,6 +215,7 @@ class RuntimeManager:
             tty=bool(c.extra.get("tty")),
             stdin=bool(c.extra.get("stdin")),
             debug=self.config.runtime.shim_debug,
+            start=start,
         )
         try:
             shim = await shim_client.spawn_shim(opts, zygote=self.zygote)
@@ -237,18 +242,22 @@ class RuntimeManager:
             if c.status != CREATED:
                 raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not created")
             task = self._tasks.get(cid)
-            shim = task.shim if task is not None else await self._create_task(c)
             # Stamped before `runc start`: a process that exits at once must
             # not report finishing before it started.
             started_at = time.time_ns()
-            try:
-                pid = await shim.start()
-            except Exception as e:
-                task = await self._drop_task(cid)
-                if task is not None:
-                    await self._teardown_task(c, task.shim)
-                await self._start_failed(c, str(e))
-                raise
+            if task is None:
+                # Nobody attached before the start: create and start in one
+                # `runc run` (one runc process less, no round trip to the shim).
+                pid = (await self._create_task(c, start=True)).pid
+            else:
+                try:
+                    pid = await task.shim.start()
+                except Exception as e:
+                    task = await self._drop_task(cid)
+                    if task is not None:
+                        await self._teardown_task(c, task.shim)
+                    await self._start_failed(c, str(e))
+                    raise
             c = self.store.update(cid, status=RUNNING, pid=pid, started_at=started_at)
         self._publish("/tasks/start", c, pid=pid)
         return c

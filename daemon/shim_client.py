@@ -91,6 +91,7 @@ class ShimOptions:
     tty: bool = False
     stdin: bool = False
     debug: bool = False
+    start: bool = False  # start the container too (one `runc run`): spawn returns it running
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,8 @@ def shim_args(opts: ShimOptions) -> list[str]:
         cmd += ["--runc-root", opts.runc_root]
     if opts.log_path:
         cmd += ["--log-path", opts.log_path]
-    cmd += [flag for flag, on in (("--tty", opts.tty), ("--stdin", opts.stdin)) if on]
+    flags = (("--tty", opts.tty), ("--stdin", opts.stdin), ("--start", opts.start))
+    cmd += [flag for flag, on in flags if on]
     if opts.debug:
         cmd.append("--debug")
     return cmd
@@ -293,7 +295,8 @@ async def spawn_shim(
     timeout: float = 60.0,
     zygote: ShimZygote | None = None,
 ) -> ShimClient:
-    """Start a shim for a written bundle; returns once `runc create` succeeded.
+    """Start a shim for a written bundle; returns once `runc create` succeeded
+    (with opts.start: once the container runs; its pid is `client.pid`).
 
     With a zygote the shim is forked from it (no Python start-up); without
     one, or when it cannot take the request, the shim is launched.
@@ -339,7 +342,9 @@ async def spawn_shim(
         raise errors.Internal(f"shim for {opts.id} exited without reporting: {tail}")
     if not message.get("ok"):
         raise _error(message.get("error"))
-    return await connect_shim(opts.state_dir)
+    client = await connect_shim(opts.state_dir)
+    client.pid = int(message.get("pid") or 0)
+    return client
 
 
 async def _read_ready(fd: int) -> dict[str, Any] | None:
@@ -453,6 +458,7 @@ class ShimClient:
         self.socket_path = str(Path(state_dir) / SOCKET_NAME)
         self.container_id = ""
         self.shim_pid = 0
+        self.pid = 0  # the container's init, as the shim reported it at spawn
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)

@@ -57,12 +57,27 @@ class Cgroup:
 
     @classmethod
     def of_pid(cls, pid: int) -> Cgroup:
-        text = _read(f"/proc/{pid}/cgroup") or ""
+        return cls._parse(_read(f"/proc/{pid}/cgroup") or "")
+
+    @classmethod
+    def of_path(cls, path: str) -> Cgroup:
+        """The cgroup runc makes for an absolute `linux.cgroupsPath` (cgroupfs
+        driver: the same path under every hierarchy), known before it exists.
+
+        What a started container needs: its init may be a zombie by the time
+        we look, and a zombie's /proc/PID/cgroup names the v1 roots.
+        """
+        return cls._parse(_read("/proc/self/cgroup") or "", path)
+
+    @classmethod
+    def _parse(cls, text: str, fixed_path: str | None = None) -> Cgroup:
         dirs: dict[str, str] = {}
         unified = None
         pure_v2 = os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers")
         for line in text.splitlines():
             _, controllers, path = line.split(":", 2)
+            if fixed_path is not None:
+                path = fixed_path
             if controllers == "":
                 base = CGROUP_ROOT if pure_v2 else f"{CGROUP_ROOT}/unified"
                 unified = base + path

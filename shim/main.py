@@ -119,9 +119,10 @@ def serve(opts: Options) -> int:
         _unlink(os.path.join(opts.state, "shim.pid"))
         _report(ready_fd, {"ok": False, "error": {"code": code, "message": str(exc)}})
         return 1
-    log(f"container {opts.id} created, pid {pid}")
+    log(f"container {opts.id} {'started' if opts.start else 'created'}, pid {pid}")
     socket = os.path.join(opts.state, "shim.sock")
-    _report(ready_fd, {"ok": True, "pid": pid, "shim_pid": os.getpid(), "socket": socket})
+    report = {"ok": True, "pid": pid, "shim_pid": os.getpid(), "socket": socket}
+    _report(ready_fd, {**report, "status": shim.status})
     loop.run()
     shim.close()
     _unlink(os.path.join(opts.state, "shim.pid"))

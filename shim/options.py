@@ -9,7 +9,7 @@ import os
 
 USAGE = (
     "usage: pyctr-shim --id ID --bundle DIR --state DIR [--runc PATH] [--runc-root DIR]\n"
-    "                  [--log-path FILE] [--tty] [--stdin] [--debug] [--ready-fd N]\n"
+    "                  [--log-path FILE] [--tty] [--stdin] [--start] [--debug] [--ready-fd N]\n"
 )
 # Longest name the shim binds under its state dir; unix socket paths stop at 107 bytes.
 _LONGEST_SOCKET = "/exec-999999.sock"
@@ -30,6 +30,7 @@ class Options:
         self.tty = False
         self.stdin = False
         self.debug = False
+        self.start = False  # create and start at once (`runc run --detach`)
         self.ready_fd = -1
         self.serve = False  # internal: set on the re-exec'd, daemonized process
 
@@ -43,7 +44,13 @@ _VALUES = {
     "--log-path": "log_path",
     "--ready-fd": "ready_fd",
 }
-_FLAGS = {"--tty": "tty", "--stdin": "stdin", "--debug": "debug", "--serve": "serve"}
+_FLAGS = {
+    "--tty": "tty",
+    "--stdin": "stdin",
+    "--debug": "debug",
+    "--start": "start",
+    "--serve": "serve",
+}
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+")
 
 

@@ -124,20 +124,44 @@ class Shim:
     # -- startup -----------------------------------------------------------
 
     def create(self) -> int:
-        """`runc create` with the shim holding the stdio; returns the init pid."""
+        """`runc create` with the shim holding the stdio; returns the init pid.
+
+        With --start, `runc run --detach` instead: one runc process instead of
+        two (about 10 ms less per container). The cgroup must then be known
+        from config.json, as the process may already have exited: when its
+        cgroupsPath is not an absolute cgroupfs path, create and start.
+        """
         opts = self.opts
+        cgroup_path = _cgroups_path(opts.bundle) if opts.start else None
+        run = cgroup_path is not None
+        if cgroup_path is not None:
+            self.cgroup = Cgroup.of_path(cgroup_path)
+            # Kills counted before the container existed are not its own.
+            self._oom_base = self._oom_seen = self.cgroup.oom_kills()
         pid, stdio = create_container(
-            self.runc, self.loop, opts.id, opts.bundle, self.state_dir, opts.tty, opts.stdin
+            self.runc,
+            self.loop,
+            opts.id,
+            opts.bundle,
+            self.state_dir,
+            opts.tty,
+            opts.stdin,
+            run=run,
         )
         self.init = Proc(self.loop, pid, stdio)
         self.init.on_final = self._container_exited
         self.procs[pid] = self.init
         stdio.sinks.append(self._container_output)
-        self.cgroup = Cgroup.of_pid(pid)
-        self._oom_base = self._oom_seen = self.cgroup.oom_kills()
+        if self.cgroup is None:
+            self.cgroup = Cgroup.of_pid(pid)
+            self._oom_base = self._oom_seen = self.cgroup.oom_kills()
         self._oom_fd = self.cgroup.oom_eventfd()
         if self._oom_fd >= 0:
             self.loop.add_reader(self._oom_fd, self._oom_event)
+        if run:
+            self.status = RUNNING
+        elif opts.start:
+            self.op_start_runc()
         return pid
 
     def serve(self) -> None:
@@ -197,11 +221,14 @@ class Shim:
 
     def op_start(self, conn: Connection, req: Request) -> Result:
         self._need(CREATED)
+        self.op_start_runc()
+        assert self.init is not None
+        return {"pid": self.init.pid}
+
+    def op_start_runc(self) -> None:
         self.runc.run("start", self.opts.id)
         if self.status == CREATED:  # its exit may have been seen meanwhile
             self.status = RUNNING
-        assert self.init is not None
-        return {"pid": self.init.pid}
 
     def op_kill(self, conn: Connection, req: Request) -> Result:
         sig = _arg(req, "signal", int, 15)
@@ -609,6 +636,23 @@ class Shim:
             proc.stdio.close()
         self.log.close()
         self._close_oom_fd()
+
+
+def _cgroups_path(bundle: str) -> str | None:
+    """config.json's linux.cgroupsPath if runc puts it at that path under every
+    hierarchy (absolute, cgroupfs driver); None otherwise."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            spec = jsonlite.loads(f.read().decode("utf-8", "replace"))
+        path = spec["linux"]["cgroupsPath"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # "slice:prefix:name" is the systemd driver's; ".." could leave the mount.
+    if not isinstance(path, str) or not path.startswith("/") or ":" in path:
+        return None
+    if "/../" in path + "/" or "/./" in path + "/":
+        return None
+    return path
 
 
 def _resize(stdio: Stdio, width: int, height: int) -> None:

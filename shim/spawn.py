@@ -23,11 +23,20 @@ if TYPE_CHECKING:  # typing costs memory at run time
 
 
 def create_container(
-    runc: Runc, loop: Loop, container_id: str, bundle: str, state_dir: str, tty: bool, stdin: bool
+    runc: Runc,
+    loop: Loop,
+    container_id: str,
+    bundle: str,
+    state_dir: str,
+    tty: bool,
+    stdin: bool,
+    *,
+    run: bool = False,
 ) -> tuple[int, Stdio]:
-    """`runc create`; returns the init pid and its stdio."""
+    """`runc create` (run: `runc run --detach`); returns the init pid and its stdio."""
     pid_file = os.path.join(state_dir, "init.pid")
-    args = ["create", "--bundle", bundle, "--pid-file", pid_file]
+    args = ["run", "--detach"] if run else ["create"]
+    args += ["--bundle", bundle, "--pid-file", pid_file]
     if tty:
         stdio = _run_with_console(runc, loop, args, container_id, state_dir, "console.sock", stdin)
     else:
