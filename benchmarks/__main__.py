@@ -29,6 +29,7 @@ MODULES = (
     "runc_bare",
     "shim",
     "start",
+    "network",
     "pull",
     "populated",
     "lifecycle",

@@ -45,7 +45,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from pyctr.daemon import host, netns
-from pyctr.daemon.cni import CniManager, PortMapping
+from pyctr.daemon.cni import CniManager, PodNetwork, PortMapping
 from pyctr.daemon.containers import ID_RE, RUNNING, Container, new_id
 from pyctr.daemon.cri_spec import (
     NODE,
@@ -134,6 +134,12 @@ def resolv_conf(dns: cri.DNSConfig) -> str | None:
     if dns.options:
         lines.append("options " + " ".join(dns.options))
     return "\n".join(lines) + "\n"
+
+
+async def _settled(task: asyncio.Task[Any]) -> None:
+    """Wait for task to finish, whatever its outcome (it is reported elsewhere)."""
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def container_log_path(log_directory: str, log_path: str) -> str:
@@ -331,19 +337,22 @@ class SandboxManager:
                 _write_file(files / "hosts", hosts)
                 if ns.ipc != NODE:
                     await asyncio.to_thread(self._mount_shm, files / "shm")
-                ips: list[str] = []
                 netns_path = ""
+                network: asyncio.Task[PodNetwork] | None = None
                 if not host_network:
                     netns_path = str(self.netns_dir / sid)
                     await asyncio.to_thread(netns.create, netns_path)
                     undo.push_async_callback(self._release_network, sid, netns_path)
-                    net = await self.cni.setup(
-                        sid, netns_path, namespace=md.namespace, name=md.name, uid=md.uid,
-                        port_mappings=mappings,
+                    # CNI ADD and the pause container only need the netns: the
+                    # plugins run while the pause container is made and started.
+                    network = asyncio.create_task(
+                        self.cni.setup(
+                            sid, netns_path, namespace=md.namespace, name=md.name, uid=md.uid,
+                            port_mappings=mappings,
+                        )
                     )  # fmt: skip
-                    ips = list(net.ips)
-                    if ips:
-                        _write_file(files / "hosts", _HOSTS_BASE + f"{ips[0]}\t{hostname}\n")
+                    # On failure, DEL (above) only once ADD has finished.
+                    undo.push_async_callback(_settled, network)
                 record = Container(
                     id=sid,
                     name=sandbox_name(md),
@@ -361,7 +370,7 @@ class SandboxManager:
                         "runtime_handler": runtime_handler,
                         "namespaces": {"network": ns.network, "pid": ns.pid, "ipc": ns.ipc},
                         "netns": netns_path,
-                        "ips": ips,
+                        "ips": [],  # once CNI ADD is done
                         "cgroup_parent": cgroup_parent,
                         "own_cgroup_parent": bool(config.linux.cgroup_parent),
                         "privileged": config.linux.security_context.privileged,
@@ -379,11 +388,14 @@ class SandboxManager:
                 await self.runtime.create(record, build, image_ref=image.id)
                 undo.push_async_callback(self._remove_record, sid)
                 started = await self.runtime.start(sid)
+                ips = list((await network).ips) if network is not None else []
+                if ips:
+                    _write_file(files / "hosts", _HOSTS_BASE + f"{ips[0]}\t{hostname}\n")
                 inodes = {}
                 for kind in ("ipc", "uts", "pid", "net"):
                     with contextlib.suppress(OSError):
                         inodes[kind] = os.stat(f"/proc/{started.pid}/ns/{kind}").st_ino
-                extra = {**started.extra, "ns_inodes": inodes}
+                extra = {**started.extra, "ips": ips, "ns_inodes": inodes}
                 record = self.store.update(sid, extra=extra)
                 undo.pop_all()
         log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], record.name, ips)
