@@ -117,8 +117,9 @@ class IngestWriter:
         self.offset = 0
         self._progress = threading.Condition()  # followers wait on it for bytes
         self._followed = False
-        self._committed = False
+        self._verified = False  # size and digest checked: followers may end
         self._ended = False
+        self._resets = 0
         try:
             old = json.loads(meta_path.read_text())
         except (OSError, ValueError):
@@ -172,13 +173,15 @@ class IngestWriter:
         self._file.seek(0)
         self._hash = hashlib.sha256()
         self.offset = 0
+        self._resets += 1
 
     def follow(self) -> IngestFollower:
         """A reader of this blob's bytes as they are written, from byte 0.
 
         Its read() returns what has arrived, waiting for more; at the end of
         the blob it returns b"" only once commit() has verified size and
-        digest, and it raises Unavailable if the ingest ends any other way.
+        digest (not waiting for the fsync that follows), and it raises
+        DownloadStopped if the ingest ends any other way.
         Until then the bytes are unverified: whoever uses them checks what it
         makes of them (the applier checks the layer's diff ID) and drops it all
         if read() raises. After a reset() (a server ignoring Range) the
@@ -193,9 +196,12 @@ class IngestWriter:
         with self._progress:
             self._progress.notify_all()
 
-    def _end(self) -> None:
+    def _end(self, verified: bool = False) -> None:
         with self._progress:
-            self._ended = True
+            if verified:
+                self._verified = True
+            else:
+                self._ended = True
             self._progress.notify_all()
 
     def commit(self) -> None:
@@ -213,6 +219,8 @@ class IngestWriter:
         if actual != self.digest:
             self.abort()
             raise DataLoss(f"blob {self.digest}: content hashes to {actual}")
+        if self._followed:
+            self._end(verified=True)  # the bytes are right; durability is our business
         os.fsync(self._file.fileno())
         if os.fstat(self._file.fileno()).st_size != self.size:  # what is on disk counts
             self.abort()
@@ -220,7 +228,6 @@ class IngestWriter:
         target = self.store.path(self.digest)
         os.replace(self.dir / "data", target)
         _fsync_dir(target.parent)
-        self._committed = True
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -252,18 +259,21 @@ class IngestFollower:
         while True:
             with w._progress:
                 while w.offset <= self._pos:
+                    if w._verified and self._pos >= w.size:
+                        return b""
                     if w._ended:
-                        if w._committed:
-                            return b""
                         raise DownloadStopped(
                             f"blob {w.digest}: the download stopped before it was complete"
                         )
                     w._progress.wait()
                 avail = w.offset - self._pos
+                resets = w._resets
             data = os.pread(self._fd, avail if n < 0 else min(n, avail), self._pos)
-            if data:  # (empty only if a reset() truncated the file meanwhile)
+            if data:
                 self._pos += len(data)
                 return data
+            if w._resets == resets:  # not a reset() truncating it meanwhile
+                raise DownloadStopped(f"blob {w.digest}: the file is shorter than written")
 
     def close(self) -> None:
         if self._fd >= 0:
