@@ -243,12 +243,16 @@ def build(opts: SpecOptions) -> dict[str, Any]:
 
 
 def write_bundle_config(bundle: Path, spec: dict[str, Any]) -> None:
-    """config.json, written atomically so a crash never leaves half a spec."""
+    """config.json, written atomically so a crash never leaves half a spec.
+
+    No fsync: bundles live in the state dir, which does not outlive a reboot
+    (the record in the metadata keeps the spec), and a daemon crash loses
+    nothing the kernel already has. json.dumps, not json.dump: only the
+    one-shot encoder is the C one.
+    """
     import json
 
     tmp = bundle / "config.json.tmp"
     with open(tmp, "w") as f:
-        json.dump(spec, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
+        f.write(json.dumps(spec, separators=(",", ":")))
     os.replace(tmp, bundle / "config.json")
