@@ -236,6 +236,8 @@ class Extractor:
 
     def _clear(self, fd: int, comps: Comps) -> None:
         """Make room for a new non-dir at comps (tar semantics: later wins)."""
+        if self.overlay and comps not in self.created and comps not in self.whited:
+            return  # an overlay upper starts empty: only this layer's entries can be there
         name = comps[-1]
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -470,9 +472,12 @@ class Extractor:
         self._drop_cache()
         restore = {c: t for c, t in self.touched.items() if c not in self.created}
         for comps, times in [*restore.items(), *self.dir_times.items()]:
-            fd = self._walk(comps, create=False) if comps else os.dup(self.root_fd)
+            try:
+                fd = self._walk(comps, create=False) if comps else os.dup(self.root_fd)
+            except BadEntry:
+                continue  # a later entry replaced it (or a parent) with a non-directory
             if fd is None:
-                continue  # replaced by a later entry
+                continue  # removed by a later entry
             try:
                 os.utime(fd, ns=times)
             finally:

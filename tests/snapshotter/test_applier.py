@@ -391,3 +391,32 @@ def test_daemon_umask_does_not_leak_into_trees(sn: Snapshotter, mnt: Path) -> No
         assert os.stat(mnt).st_mode & 0o777 == 0o755
         assert os.stat(mnt / "implicit/dir").st_mode & 0o777 == 0o755
         assert os.stat(mnt / "implicit/dir/f").st_mode & 0o777 == 0o644
+
+
+def test_later_entries_replace_earlier_ones_in_one_layer(sn: Snapshotter, mnt: Path) -> None:
+    """Tar semantics within a layer: the last entry for a path wins, whatever it replaces."""
+    base = LayerBlob(build_tar([reg("w", b"lower")]))
+    top = LayerBlob(
+        build_tar(
+            [
+                reg("f", b"first"),
+                reg("f", b"second"),
+                sym("s", "f"),
+                reg("s", b"file now"),
+                dir_("d"),
+                reg("d/x", b"x"),
+                reg("d", b"file over a dir"),
+                fifo("p"),
+                hard("p", "f"),
+                whiteout("w"),
+                reg("w", b"rewritten after its whiteout"),
+            ]
+        )
+    )
+    got = unpack(sn, [base, top])
+    with mounted(sn.view("v", got), mnt):
+        assert (mnt / "f").read_bytes() == b"second"
+        assert (mnt / "s").read_bytes() == b"file now" and not (mnt / "s").is_symlink()
+        assert (mnt / "d").read_bytes() == b"file over a dir"
+        assert (mnt / "p").read_bytes() == b"second" and (mnt / "p").stat().st_nlink == 2
+        assert (mnt / "w").read_bytes() == b"rewritten after its whiteout"
