@@ -30,7 +30,7 @@ import logging
 import os
 import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,7 +236,16 @@ class RuntimeManager:
 
     # -- start -----------------------------------------------------------------
 
-    async def start(self, cid: str) -> Container:
+    async def start(
+        self, cid: str, finish: Callable[[int], Awaitable[dict[str, Any]]] | None = None
+    ) -> Container:
+        """Start a created container.
+
+        finish: called with the running process's pid; what it returns is
+        merged into the record's `extra` in the same write as the start (one
+        metadata commit, not two). If it raises, the error propagates with
+        the container running but recorded as created: the caller removes it.
+        """
         async with self.lock(cid):
             c = self.store.get(cid)
             if c.status != CREATED:
@@ -258,7 +267,10 @@ class RuntimeManager:
                         await self._teardown_task(c, task.shim)
                     await self._start_failed(c, str(e))
                     raise
-            c = self.store.update(cid, status=RUNNING, pid=pid, started_at=started_at)
+            fields: dict[str, Any] = {"status": RUNNING, "pid": pid, "started_at": started_at}
+            if finish is not None:
+                fields["extra"] = {**c.extra, **await finish(pid)}
+            c = self.store.update(cid, **fields)
         self._publish("/tasks/start", c, pid=pid)
         return c
 

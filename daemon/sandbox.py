@@ -387,18 +387,21 @@ class SandboxManager:
 
                 await self.runtime.create(record, build, image_ref=image.id)
                 undo.push_async_callback(self._remove_record, sid)
-                started = await self.runtime.start(sid)
-                ips = list((await network).ips) if network is not None else []
-                if ips:
-                    _write_file(files / "hosts", _HOSTS_BASE + f"{ips[0]}\t{hostname}\n")
-                inodes = {}
-                for kind in ("ipc", "uts", "pid", "net"):
-                    with contextlib.suppress(OSError):
-                        inodes[kind] = os.stat(f"/proc/{started.pid}/ns/{kind}").st_ino
-                extra = {**started.extra, "ips": ips, "ns_inodes": inodes}
-                record = self.store.update(sid, extra=extra)
+
+                async def finish(pid: int) -> dict[str, Any]:
+                    ips = list((await network).ips) if network is not None else []
+                    if ips:
+                        _write_file(files / "hosts", _HOSTS_BASE + f"{ips[0]}\t{hostname}\n")
+                    inodes = {}
+                    for kind in ("ipc", "uts", "pid", "net"):
+                        with contextlib.suppress(OSError):
+                            inodes[kind] = os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+                    return {"ips": ips, "ns_inodes": inodes}
+
+                # Recorded running with its IPs and namespaces in one commit.
+                record = await self.runtime.start(sid, finish)
                 undo.pop_all()
-        log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], record.name, ips)
+        log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], record.name, record.extra["ips"])
         return record
 
     async def _sandbox_image(self) -> Any:
@@ -573,8 +576,17 @@ class SandboxManager:
     # -- restart ------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Release what pods that no record owns left: network, netns, files."""
-        known = {sb.id for sb in self.store.list(kind="sandbox")}
+        """Release what pods that no record owns left: network, netns, files;
+        give a ready pod whose run was interrupted after CNI ADD its IPs."""
+        sandboxes = self.store.list(kind="sandbox")
+        known = {sb.id for sb in sandboxes}
+        for sb in sandboxes:
+            # ADD runs alongside the pause container and its IPs are recorded
+            # with the start: a crash in between leaves them in the CNI cache.
+            if is_ready(sb) and sb.extra.get("netns") and not sb.extra.get("ips"):
+                net = self.cni.pod_network(sb.id)
+                if net is not None and net.ips:
+                    self.store.update(sb.id, extra={**sb.extra, "ips": list(net.ips)})
         for pod_id in self.cni.cached_pods():
             if pod_id not in known:
                 log.warning("releasing the network of unknown pod %s", pod_id[:12])
