@@ -34,6 +34,7 @@ MODULES = (
     "populated",
     "lifecycle",
     "containerd",
+    "containerd_cri",
 )
 for _name in MODULES:
     importlib.import_module(f"benchmarks.{_name}")
