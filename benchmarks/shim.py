@@ -57,7 +57,10 @@ class Shims:
             state_dir=str(self.state / cid),
             runc_root=str(self.runc.root),
         )
-        shim = await self.sc.spawn_shim(opts, zygote=self.zygote)
+        # No zygote argument for launched shims: they then also run against
+        # builds from before the zygote (for before/after comparisons).
+        kw = {} if self.zygote is None else {"zygote": self.zygote}
+        shim = await self.sc.spawn_shim(opts, **kw)
         self.clients.append(shim)
         return shim
 
