@@ -57,7 +57,7 @@ def networked_daemon(env: BenchEnv, daemon_cls: Any = None) -> Iterator[tuple[An
         raise NotAvailable(f"CNI plugins are not installed in {CNI_BIN}")
     from benchmarks import imagegen
     from benchmarks.cri import Cri
-    from pyctr.daemon import netns
+    from pyctr.daemon.pods import netns
     from tests.support.daemon import PyctrDaemon, dump_toml
     from tests.support.images import push
     from tests.support.registry import Registry

@@ -1,6 +1,6 @@
 """pyctr-shim on its own: what one container costs through the shim, no daemon.
 
-The daemon's own shim client (pyctr.daemon.shim_client) drives shims on the
+The daemon's own shim client (pyctr.daemon.runtime.shim_client) drives shims on the
 same busybox bundles as the bare runc figures, so the ratios show what the
 shim adds: its start-up, its socket round trips, and its memory, paid once
 per container. containerd's figure for the same thing is
@@ -29,9 +29,9 @@ from benchmarks.runc_bare import Runc
 
 def _client() -> Any:
     try:
-        from pyctr.daemon import shim_client
+        from pyctr.daemon.runtime import shim_client
     except ImportError as e:
-        raise NotAvailable(f"pyctr.daemon.shim_client: {e}") from None
+        raise NotAvailable(f"pyctr.daemon.runtime.shim_client: {e}") from None
     return shim_client
 
 
@@ -43,7 +43,7 @@ class Shims:
         self.clients: list[Any] = []
         self.zygote: Any = None
         if zygote:
-            from pyctr.daemon.shim_zygote import ShimZygote
+            from pyctr.daemon.runtime.zygote import ShimZygote
 
             self.zygote = ShimZygote(self.state / "zygote")
 

@@ -29,5 +29,5 @@ class Context:
     images: Any = None
     runtime: Any = None
     events: Any = None
-    sandboxes: Any = None  # CRI pod sandboxes (pyctr.daemon.sandbox.SandboxManager)
+    sandboxes: Any = None  # CRI pod sandboxes (pyctr.daemon.pods.manager.SandboxManager)
     streaming: Any = None  # exec/attach/port-forward URLs (pyctr.daemon.streaming.server)

@@ -134,10 +134,10 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
     from pyctr.daemon import server as server_mod
     from pyctr.daemon.context import Context
     from pyctr.daemon.events import EventBus
-    from pyctr.daemon.image_manager import ImageManager
+    from pyctr.daemon.images.manager import ImageManager
     from pyctr.daemon.metadata import Metadata
-    from pyctr.daemon.runtime import RuntimeManager
-    from pyctr.daemon.sandbox import SandboxManager
+    from pyctr.daemon.pods.manager import SandboxManager
+    from pyctr.daemon.runtime.manager import RuntimeManager
     from pyctr.daemon.streaming import start_streaming
 
     root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)

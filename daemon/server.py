@@ -134,13 +134,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 def build(ctx: Context) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
-    from pyctr.daemon import (
-        cri_runtime,
-        native_containers,
-        native_images,
-        native_snapshots,
-        native_system,
-    )
+    from pyctr.daemon.api import containers, images, snapshots, system
+    from pyctr.daemon.cri import runtime
     from pyctr.proto import cri_pb2_grpc, system_pb2_grpc
 
     server = grpc.aio.server(
@@ -152,9 +147,9 @@ def build(ctx: Context) -> grpc.aio.Server:
         ],
     )
     # Services, one line each.
-    cri_pb2_grpc.add_RuntimeServiceServicer_to_server(cri_runtime.RuntimeService(ctx), server)
-    native_images.register(server, ctx.images)  # CRI ImageService + Images, Content, GC
-    native_containers.register(server, ctx)  # Containers, Events
-    native_snapshots.register(server, ctx)
-    system_pb2_grpc.add_SystemServicer_to_server(native_system.SystemService(ctx), server)
+    cri_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime.RuntimeService(ctx), server)
+    images.register(server, ctx.images)  # CRI ImageService + Images, Content, GC
+    containers.register(server, ctx)  # Containers, Events
+    snapshots.register(server, ctx)
+    system_pb2_grpc.add_SystemServicer_to_server(system.SystemService(ctx), server)
     return server

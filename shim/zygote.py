@@ -4,7 +4,7 @@ Starting a shim with `python shim/main.py` costs two interpreter start-ups
 (the launcher and stage 2) and the shim's imports, about 100 ms before
 `runc create` even begins, and each shim then holds its own copy of the
 interpreter's heap. The daemon instead starts one zygote
-(pyctr.daemon.shim_zygote), which imports the shim's modules once, freezes
+(pyctr.daemon.runtime.zygote), which imports the shim's modules once, freezes
 them out of the garbage collector, and forks a shim per request:
 
     zygote --fork--> intermediate --fork--> shim (setsid, subreaper, serve)

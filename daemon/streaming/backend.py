@@ -21,7 +21,7 @@ KILL_WAIT = 5.0  # how long an abandoned exec may take to die after SIGKILL
 
 class RuntimeBackend:
     def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime  # pyctr.daemon.runtime.RuntimeManager
+        self.runtime = runtime  # pyctr.daemon.runtime.manager.RuntimeManager
 
     async def start_exec(self, req: ExecRequest) -> Started:
         container = self.runtime.store.get(req.container_id)

@@ -29,7 +29,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from pyctr.daemon import netns
+from pyctr.daemon.pods import netns
 from pyctr.daemon.streaming.requests import PortForwardRequest
 from pyctr.daemon.streaming.session import SpdySession, SpdyStream, StreamResetError
 from pyctr.daemon.streaming.websocket import WsChannels

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from pyctr.daemon import netns
-from pyctr.daemon.cni import CniManager
+from pyctr.daemon.pods import netns
+from pyctr.daemon.pods.cni import CniManager
 
 SYSTEM_CNI_BIN = "/usr/lib/cni"
 

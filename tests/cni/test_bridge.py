@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon import netns
-from pyctr.daemon.cni import CniPluginError, PortMapping
 from pyctr.daemon.errors import FailedPrecondition
+from pyctr.daemon.pods import netns
+from pyctr.daemon.pods.cni import CniPluginError, PortMapping
 from tests.cni.conftest import CniEnv, addresses, ping, veths
 
 pytestmark = pytest.mark.root

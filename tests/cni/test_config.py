@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from pyctr.daemon.cni import (
+from pyctr.daemon.errors import InvalidArgument
+from pyctr.daemon.pods.cni import (
     CniManager,
     NetworkNotReady,
     PortMapping,
     load_network_file,
     pod_ips,
 )
-from pyctr.daemon.errors import InvalidArgument
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cni" / "10-pyctr-bridge.conflist"

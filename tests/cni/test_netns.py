@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon import netns
 from pyctr.daemon.errors import AlreadyExists
+from pyctr.daemon.pods import netns
 from tests.support.leaks import mounts
 
 pytestmark = pytest.mark.root

@@ -10,11 +10,11 @@ import pytest
 
 from pyctr.ctl.containers import duration, parse_signal, status_text
 from pyctr.ctl.run import _mount
-from pyctr.daemon.container_cache import CachedStore
-from pyctr.daemon.containers import EXITED, Container, ContainerStore, new_id
 from pyctr.daemon.errors import AlreadyExists, InvalidArgument, NotFound
-from pyctr.daemon.log_reader import LogReader, parse_record, parse_timestamp, tail_offset
 from pyctr.daemon.metadata import Metadata
+from pyctr.daemon.runtime.cache import CachedStore
+from pyctr.daemon.runtime.logs import LogReader, parse_record, parse_timestamp, tail_offset
+from pyctr.daemon.runtime.store import EXITED, Container, ContainerStore, new_id
 from pyctr.proto import containers_pb2 as pb
 from pyctr.shim.crilog import CriLogWriter, rfc3339nano
 

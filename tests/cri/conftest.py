@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import pytest
 
-from pyctr.daemon import netns
+from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
 from tests.conftest import TOKEN, new_base, safe_rmtree

@@ -22,9 +22,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pyctr.daemon import netns
-from pyctr.daemon.cri_images import cri_image
-from pyctr.daemon.images import Image
+from pyctr.daemon.cri.images import cri_image
+from pyctr.daemon.images.store import Image
+from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import CriEnv, code_of
 from tests.support.images import build_image, busybox_layer, push

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from pyctr.daemon import netns
+from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, CriEnv, Kubelet, code_of
 

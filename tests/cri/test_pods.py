@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pyctr.daemon import netns
+from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, INDEX_HTML, PAUSE_SCRIPT, CriEnv, Kubelet, code_of
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pyctr.daemon.oci_spec import CAPABILITIES, DEFAULT_CAPABILITIES, host_capabilities
+from pyctr.daemon.spec.oci import CAPABILITIES, DEFAULT_CAPABILITIES, host_capabilities
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, CriEnv, Kubelet, code_of
 

@@ -9,13 +9,13 @@ import signal
 
 import pytest
 
-from pyctr.daemon import seccomp
-from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container
-from pyctr.daemon.cri_convert import container_matches, container_status, pod_matches, pod_status
-from pyctr.daemon.cri_spec import cri_resources, cri_signal, oci_resources, parse_signal
+from pyctr.daemon.cri.convert import container_matches, container_status, pod_matches, pod_status
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.oci_spec import DEFAULT_CAPABILITIES
-from pyctr.daemon.sandbox import READY, container_log_path, resolv_conf
+from pyctr.daemon.pods.manager import READY, container_log_path, resolv_conf
+from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING, Container
+from pyctr.daemon.spec import seccomp
+from pyctr.daemon.spec.cri import cri_resources, cri_signal, oci_resources, parse_signal
+from pyctr.daemon.spec.oci import DEFAULT_CAPABILITIES
 from pyctr.proto import cri_pb2 as cri
 
 DANGEROUS = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.content import ContentStore, DownloadStopped, IngestWriter
 from pyctr.daemon.errors import DataLoss
+from pyctr.daemon.images.content import ContentStore, DownloadStopped, IngestWriter
 
 DATA = bytes(range(256)) * 4000  # 1000 KiB
 

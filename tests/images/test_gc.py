@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from pyctr.daemon.config import Config
-from pyctr.daemon.content import ingest_ref
 from pyctr.daemon.context import Context
 from pyctr.daemon.errors import NotFound
-from pyctr.daemon.image_manager import ImageManager
+from pyctr.daemon.images.content import ingest_ref
+from pyctr.daemon.images.manager import ImageManager
 from pyctr.daemon.metadata import Metadata
 from tests.images.conftest import ImageSet
 from tests.images.faultproxy import FaultProxy

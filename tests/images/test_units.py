@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.content import ContentStore, IngestWriter
 from pyctr.daemon.errors import DataLoss, InvalidArgument, NotFound
-from pyctr.daemon.reference import parse
-from pyctr.daemon.registry import Platform, choose_platform, manifest_media_type
-from pyctr.daemon.registry_auth import Credentials, parse_challenges
+from pyctr.daemon.images.auth import Credentials, parse_challenges
+from pyctr.daemon.images.content import ContentStore, IngestWriter
+from pyctr.daemon.images.reference import parse
+from pyctr.daemon.images.registry import Platform, choose_platform, manifest_media_type
 
 H = "a" * 64
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.rootfs import UnknownUser, read_in_root, resolve_user
+from pyctr.daemon.spec.rootfs import UnknownUser, read_in_root, resolve_user
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"

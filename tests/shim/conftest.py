@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pyctr.daemon.shim_client import (
+from pyctr.daemon.runtime.shim_client import (
     ShimClient,
     ShimOptions,
     connect_shim,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pyctr.daemon import errors
-from pyctr.daemon.shim_client import (
+from pyctr.daemon.runtime.shim_client import (
     RuncError,
     ShimOptions,
     connect_shim,
@@ -87,7 +87,7 @@ async def test_create_failure_reports_runc_error(harness: Harness) -> None:
 async def test_bad_arguments_are_refused(harness: Harness) -> None:
     opts = harness.options_for("badid", ["true"])
     bad = ShimOptions(**{**opts.__dict__, "id": "../escape"})
-    from pyctr.daemon.shim_client import spawn_shim
+    from pyctr.daemon.runtime.shim_client import spawn_shim
 
     with pytest.raises(errors.InvalidArgument, match="invalid container id"):
         await spawn_shim(bad)

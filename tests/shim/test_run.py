@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from pyctr.daemon.shim_client import RuncError, ShimClient, ShimOptions, read_shim_pid, spawn_shim
+from pyctr.daemon.runtime.shim_client import (
+    RuncError,
+    ShimClient,
+    ShimOptions,
+    read_shim_pid,
+    spawn_shim,
+)
 from tests.shim.conftest import Harness, alive, wait_until
 
 

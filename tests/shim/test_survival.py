@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyctr.daemon import errors
-from pyctr.daemon.shim_client import (
+from pyctr.daemon.runtime.shim_client import (
     cleanup_dead_shim,
     connect_shim,
     read_exit_record,
@@ -40,7 +40,7 @@ async def test_shim_survives_the_death_of_its_starter(harness: Harness) -> None:
     starter = textwrap.dedent(
         f"""
         import asyncio, json, sys, time
-        from pyctr.daemon.shim_client import ShimOptions, spawn_shim
+        from pyctr.daemon.runtime.shim_client import ShimOptions, spawn_shim
         async def main():
             client = await spawn_shim(ShimOptions(**{opts.__dict__!r}))
             await client.start()

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from pyctr.daemon.config import Streaming
-from pyctr.daemon.containers import RUNNING, Container
 from pyctr.daemon.errors import FailedPrecondition, NotFound
-from pyctr.daemon.shim_client import ShimClient
+from pyctr.daemon.runtime.shim_client import ShimClient
+from pyctr.daemon.runtime.store import RUNNING, Container
 from pyctr.daemon.streaming.backend import RuntimeBackend
 from pyctr.daemon.streaming.server import StreamingServer
 from tests.conftest import new_base, safe_rmtree

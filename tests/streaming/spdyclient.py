@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from pyctr.daemon import netns
+from pyctr.daemon.pods import netns
 
 # SPDY/3 section 2.6.10.1, the dictionary as the spec prints it.
 SPEC_DICTIONARY = (

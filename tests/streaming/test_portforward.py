@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon import netns
+from pyctr.daemon.pods import netns
 from pyctr.daemon.streaming.requests import PortForwardRequest
 from pyctr.daemon.streaming.server import StreamingServer
 from tests.conftest import new_base, safe_rmtree

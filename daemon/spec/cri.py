@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon import seccomp
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument
-from pyctr.daemon.oci_spec import Mount, SpecOptions, capability_set, merge_env, process_args
-from pyctr.daemon.rootfs import UnknownUser, User, resolve_user
+from pyctr.daemon.spec import seccomp
+from pyctr.daemon.spec.oci import Mount, SpecOptions, capability_set, merge_env, process_args
+from pyctr.daemon.spec.rootfs import UnknownUser, User, resolve_user
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container
-from pyctr.daemon.cri_spec import cri_resources, cri_signal, parse_signal
 from pyctr.daemon.errors import PyctrError
-from pyctr.daemon.sandbox import is_ready
+from pyctr.daemon.pods.manager import is_ready
+from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING, Container
+from pyctr.daemon.spec.cri import cri_resources, cri_signal, parse_signal
 from pyctr.proto import cri_pb2 as cri
 
 _STATES = {

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon.containers import Container, check_name, new_id
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.oci_spec import Mount, SpecOptions, merge_env, process_args
-from pyctr.daemon.rootfs import UnknownUser, resolve_user
-from pyctr.daemon.runtime import SpecBuilder
+from pyctr.daemon.runtime.manager import SpecBuilder
+from pyctr.daemon.runtime.store import Container, check_name, new_id
+from pyctr.daemon.spec.oci import Mount, SpecOptions, merge_env, process_args
+from pyctr.daemon.spec.rootfs import UnknownUser, resolve_user
 from pyctr.proto import containers_pb2 as pb
 
 NETWORKS = ("", "host", "none")

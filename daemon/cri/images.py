@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import grpc
 
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.image_manager import ImageManager
-from pyctr.daemon.images import Image
-from pyctr.daemon.reference import parse
-from pyctr.daemon.registry_auth import Credentials
+from pyctr.daemon.images.auth import Credentials
+from pyctr.daemon.images.manager import ImageManager
+from pyctr.daemon.images.reference import parse
+from pyctr.daemon.images.store import Image
 from pyctr.proto import cri_pb2 as pb
 from pyctr.proto import cri_pb2_grpc
 

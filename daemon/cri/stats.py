@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
-from pyctr.daemon import cri_convert as convert
 from pyctr.daemon import host
-from pyctr.daemon.containers import RUNNING, Container
 from pyctr.daemon.context import Context
+from pyctr.daemon.cri import convert
+from pyctr.daemon.runtime.store import RUNNING, Container
 from pyctr.proto import cri_pb2 as cri
 from pyctr.shim.cgroups import Cgroup
 

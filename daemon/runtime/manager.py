@@ -35,9 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon import shim_client
-from pyctr.daemon.container_cache import CachedStore
-from pyctr.daemon.containers import CREATED, EXITED, RUNNING, Container, new_id
 from pyctr.daemon.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -45,11 +42,14 @@ from pyctr.daemon.errors import (
     Unavailable,
     disk_full,
 )
-from pyctr.daemon.oci_spec import SpecOptions, build, write_bundle_config
-from pyctr.daemon.rootfs import User
-from pyctr.daemon.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
-from pyctr.daemon.shim_zygote import ShimZygote
-from pyctr.daemon.task_cleanup import remove_orphans, remove_task_dir, unmount
+from pyctr.daemon.runtime import shim_client
+from pyctr.daemon.runtime.cache import CachedStore
+from pyctr.daemon.runtime.cleanup import remove_orphans, remove_task_dir, unmount
+from pyctr.daemon.runtime.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
+from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING, Container, new_id
+from pyctr.daemon.runtime.zygote import ShimZygote
+from pyctr.daemon.spec.oci import SpecOptions, build, write_bundle_config
+from pyctr.daemon.spec.rootfs import User
 from pyctr.snapshotter.mount import mount_all
 
 log = logging.getLogger("pyctr.runtime")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon.rootfs import User
+from pyctr.daemon.spec.rootfs import User
 
 OCI_VERSION = "1.0.2"
 

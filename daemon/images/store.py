@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyctr.daemon.content import ContentStore
 from pyctr.daemon.errors import InvalidArgument, NotFound
+from pyctr.daemon.images.content import ContentStore
+from pyctr.daemon.images.reference import Reference, is_digest, is_image_id, parse
 from pyctr.daemon.metadata import Metadata
-from pyctr.daemon.reference import Reference, is_digest, is_image_id, parse
 
 log = logging.getLogger(__name__)
 

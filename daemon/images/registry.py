@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from pyctr.daemon import config as cfg
-from pyctr.daemon.content import IngestWriter
 from pyctr.daemon.errors import (
     DataLoss,
     DeadlineExceeded,
@@ -49,8 +48,9 @@ from pyctr.daemon.errors import (
     Unauthenticated,
     Unavailable,
 )
-from pyctr.daemon.reference import Reference, validate_digest
-from pyctr.daemon.registry_auth import Credentials, HostAuth
+from pyctr.daemon.images.auth import Credentials, HostAuth
+from pyctr.daemon.images.content import IngestWriter
+from pyctr.daemon.images.reference import Reference, validate_digest
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import copy
 import sys
 from typing import Any
 
-from pyctr.daemon.containers import ID_RE, Container, ContainerStore
 from pyctr.daemon.errors import InvalidArgument, NotFound
 from pyctr.daemon.metadata import Metadata
+from pyctr.daemon.runtime.store import ID_RE, Container, ContainerStore
 
 
 class CachedStore(ContainerStore):

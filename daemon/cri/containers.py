@@ -20,10 +20,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from pyctr.daemon import cri_convert as convert
-from pyctr.daemon.containers import CREATED, RUNNING, Container
 from pyctr.daemon.context import Context
-from pyctr.daemon.cri_spec import cri_signal, oci_resources, parse_signal
+from pyctr.daemon.cri import convert
 from pyctr.daemon.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -32,7 +30,9 @@ from pyctr.daemon.errors import (
     PyctrError,
 )
 from pyctr.daemon.events import Event
-from pyctr.daemon.oci_spec import write_bundle_config
+from pyctr.daemon.runtime.store import CREATED, RUNNING, Container
+from pyctr.daemon.spec.cri import cri_signal, oci_resources, parse_signal
+from pyctr.daemon.spec.oci import write_bundle_config
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)

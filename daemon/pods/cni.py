@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon import netns
 from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument
+from pyctr.daemon.pods import netns
 
 log = logging.getLogger(__name__)
 

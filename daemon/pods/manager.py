@@ -44,10 +44,13 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from pyctr.daemon import host, netns
-from pyctr.daemon.cni import CniManager, PodNetwork, PortMapping
-from pyctr.daemon.containers import ID_RE, RUNNING, Container, new_id
-from pyctr.daemon.cri_spec import (
+from pyctr.daemon import host
+from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyctr.daemon.images.reference import parse
+from pyctr.daemon.pods import netns
+from pyctr.daemon.pods.cni import CniManager, PodNetwork, PortMapping
+from pyctr.daemon.runtime.store import ID_RE, RUNNING, Container, new_id
+from pyctr.daemon.spec.cri import (
     NODE,
     POD,
     SHM_SIZE,
@@ -59,8 +62,6 @@ from pyctr.daemon.cri_spec import (
     request_devices,
     sandbox_options,
 )
-from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from pyctr.daemon.reference import parse
 from pyctr.proto import cri_pb2 as cri
 from pyctr.snapshotter.mount import Mount as HostMount
 from pyctr.snapshotter.mount import unmount_all

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.image_manager import ImageManager
-from pyctr.daemon.images import Image
-from pyctr.daemon.pull import PullProgress
-from pyctr.daemon.reference import parse
-from pyctr.daemon.registry_auth import Credentials
+from pyctr.daemon.images.auth import Credentials
+from pyctr.daemon.images.manager import ImageManager
+from pyctr.daemon.images.pull import PullProgress
+from pyctr.daemon.images.reference import parse
+from pyctr.daemon.images.store import Image
 from pyctr.proto import images_pb2 as pb
 from pyctr.proto import images_pb2_grpc
 
@@ -200,7 +200,7 @@ class GCService(images_pb2_grpc.GCServicer):
 
 def register(server: grpc.aio.Server, manager: ImageManager) -> None:
     """Add CRI ImageService and the native Images/Content/GC services."""
-    from pyctr.daemon.cri_images import ImageService
+    from pyctr.daemon.cri.images import ImageService
     from pyctr.proto import cri_pb2_grpc
 
     cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(manager), server)

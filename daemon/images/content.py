@@ -44,7 +44,7 @@ from pyctr.daemon.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from pyctr.daemon.reference import validate_digest
+from pyctr.daemon.images.reference import validate_digest
 
 CHUNK = 1 << 20
 

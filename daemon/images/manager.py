@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pyctr.daemon.content import ContentStore
-from pyctr.daemon.gc import GarbageCollector, GCResult
-from pyctr.daemon.images import Image, ImageStore
-from pyctr.daemon.leases import Leases
-from pyctr.daemon.pull import LayerProgress, Puller, PullProgress
-from pyctr.daemon.registry import RegistryClient
-from pyctr.daemon.registry_auth import Credentials
+from pyctr.daemon.images.auth import Credentials
+from pyctr.daemon.images.content import ContentStore
+from pyctr.daemon.images.gc import GarbageCollector, GCResult
+from pyctr.daemon.images.leases import Leases
+from pyctr.daemon.images.pull import LayerProgress, Puller, PullProgress
+from pyctr.daemon.images.registry import RegistryClient
+from pyctr.daemon.images.store import Image, ImageStore
 
 log = logging.getLogger(__name__)
 

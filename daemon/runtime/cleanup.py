@@ -20,8 +20,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon import shim_client
-from pyctr.daemon.containers import Container
+from pyctr.daemon.runtime import shim_client
+from pyctr.daemon.runtime.store import Container
 from pyctr.snapshotter.mount import unmount_all
 
 log = logging.getLogger("pyctr.runtime")

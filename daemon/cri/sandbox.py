@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from pyctr.daemon import cri_convert as convert
 from pyctr.daemon.context import Context
+from pyctr.daemon.cri import convert
 from pyctr.daemon.errors import InvalidArgument, NotFound
 from pyctr.proto import cri_pb2 as cri
 

@@ -34,18 +34,18 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from pyctr.daemon import config as cfg
-from pyctr.daemon.content import (
+from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
+from pyctr.daemon.images.auth import Credentials
+from pyctr.daemon.images.content import (
     ContentStore,
     DownloadStopped,
     IngestFollower,
     IngestWriter,
     ingest_ref,
 )
-from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
-from pyctr.daemon.images import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
-from pyctr.daemon.leases import PULL_LEASE_TTL, Leases
-from pyctr.daemon.reference import parse, validate_digest
-from pyctr.daemon.registry import (
+from pyctr.daemon.images.leases import PULL_LEASE_TTL, Leases
+from pyctr.daemon.images.reference import parse, validate_digest
+from pyctr.daemon.images.registry import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST,
@@ -57,7 +57,7 @@ from pyctr.daemon.registry import (
     manifest_media_type,
     parse_json,
 )
-from pyctr.daemon.registry_auth import Credentials
+from pyctr.daemon.images.store import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import grpc
 
 from pyctr.daemon.context import Context
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, Unavailable
-from pyctr.daemon.sandbox import is_ready
+from pyctr.daemon.pods.manager import is_ready
 from pyctr.daemon.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
 from pyctr.daemon.streaming.server import StreamingServer
 from pyctr.proto import cri_pb2 as cri

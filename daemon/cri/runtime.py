@@ -14,11 +14,11 @@ import grpc
 
 from pyctr.daemon import host
 from pyctr.daemon.context import Context
-from pyctr.daemon.cri_containers import ContainerRpcs
-from pyctr.daemon.cri_sandbox import SandboxRpcs
-from pyctr.daemon.cri_stats import StatsRpcs
-from pyctr.daemon.cri_streaming import StreamingRpcs
-from pyctr.daemon.sandbox import RUNTIME_HANDLERS
+from pyctr.daemon.cri.containers import ContainerRpcs
+from pyctr.daemon.cri.sandbox import SandboxRpcs
+from pyctr.daemon.cri.stats import StatsRpcs
+from pyctr.daemon.cri.streaming import StreamingRpcs
+from pyctr.daemon.pods.manager import RUNTIME_HANDLERS
 from pyctr.daemon.version import CRI_API_VERSION, RUNTIME_NAME, VERSION
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 
-from pyctr.daemon.containers import CREATED, RUNNING, Container
 from pyctr.daemon.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -28,16 +27,17 @@ from pyctr.daemon.errors import (
     NotFound,
     Unavailable,
 )
-from pyctr.daemon.log_reader import LogReader, tail_offset
-from pyctr.daemon.native_spec import (
+from pyctr.daemon.runtime.logs import LogReader, tail_offset
+from pyctr.daemon.runtime.manager import RuntimeManager
+from pyctr.daemon.runtime.shim_client import AttachStream, ExitRecord
+from pyctr.daemon.runtime.store import CREATED, RUNNING, Container
+from pyctr.daemon.spec.native import (
     check_request,
     native_record,
     parse_env,
     spec_builder,
 )
-from pyctr.daemon.rootfs import UnknownUser, resolve_user
-from pyctr.daemon.runtime import RuntimeManager
-from pyctr.daemon.shim_client import AttachStream, ExitRecord
+from pyctr.daemon.spec.rootfs import UnknownUser, resolve_user
 from pyctr.proto import containers_pb2 as pb
 from pyctr.proto import containers_pb2_grpc
 

@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyctr.daemon.content import ContentStore
 from pyctr.daemon.errors import PyctrError
-from pyctr.daemon.images import ImageStore
-from pyctr.daemon.leases import Leases
-from pyctr.daemon.pull import iter_manifest_refs
+from pyctr.daemon.images.content import ContentStore
+from pyctr.daemon.images.leases import Leases
+from pyctr.daemon.images.pull import iter_manifest_refs
+from pyctr.daemon.images.store import ImageStore
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import pyctr.shim
 from pyctr.daemon import errors
-from pyctr.daemon.shim_zygote import ZYGOTE_MAIN, ShimZygote
+from pyctr.daemon.runtime.zygote import ZYGOTE_MAIN, ShimZygote
 
 PROTOCOL_VERSION = 1
 SHIM_MAIN = str(Path(pyctr.shim.__file__).resolve().parent / "main.py")

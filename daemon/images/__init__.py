@@ -1,0 +1,1 @@
+"""Images: references, registries, the content and image stores, pull, leases, GC."""

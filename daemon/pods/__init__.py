@@ -1,0 +1,1 @@
+"""Pod sandboxes: lifecycle, CNI networking, network namespaces."""

@@ -1,0 +1,1 @@
+"""The runtime: container records, the runtime manager, shims."""

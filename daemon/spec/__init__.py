@@ -1,0 +1,1 @@
+"""OCI runtime spec building: common parts, CRI and native containers, seccomp."""
