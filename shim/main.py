@@ -95,6 +95,7 @@ def _become_subreaper() -> None:
 def serve(opts: Options) -> int:
     """Stage 2: create the container, report, serve until it is deleted."""
     from pyctr.shim.loop import Loop
+    from pyctr.shim.protocol import PID_FILE, SOCKET_NAME
     from pyctr.shim.runc import RuncError
     from pyctr.shim.service import Shim
 
@@ -102,7 +103,7 @@ def serve(opts: Options) -> int:
     if ready_fd >= 0:
         os.set_inheritable(ready_fd, False)  # runc and the container must not hold it
     os.makedirs(opts.state, mode=0o700, exist_ok=True)
-    _write_file(os.path.join(opts.state, "shim.pid"), b"%d\n" % os.getpid())
+    _write_file(os.path.join(opts.state, PID_FILE), b"%d\n" % os.getpid())
     loop = Loop()
     loop.on_error = lambda exc: log(f"error: {type(exc).__name__}: {exc}")
     shim: Shim | None = None
@@ -116,16 +117,16 @@ def serve(opts: Options) -> int:
         # Clean up before reporting, so the daemon never sees leftovers.
         if shim is not None:
             _cleanup_failed(shim)
-        _unlink(os.path.join(opts.state, "shim.pid"))
+        _unlink(os.path.join(opts.state, PID_FILE))
         _report(ready_fd, {"ok": False, "error": {"code": code, "message": str(exc)}})
         return 1
     log(f"container {opts.id} {'started' if opts.start else 'created'}, pid {pid}")
-    socket = os.path.join(opts.state, "shim.sock")
+    socket = os.path.join(opts.state, SOCKET_NAME)
     report = {"ok": True, "pid": pid, "shim_pid": os.getpid(), "socket": socket}
     _report(ready_fd, {**report, "status": shim.status})
     loop.run()
     shim.close()
-    _unlink(os.path.join(opts.state, "shim.pid"))
+    _unlink(os.path.join(opts.state, PID_FILE))
     log("shim exits")
     return 0
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import binascii
 import os
 
-from pyctr.shim import jsonlite
 from pyctr.shim.loop import Loop, Timer
-from pyctr.shim.server import FRAME_STDERR, FRAME_STDOUT, Connection
+from pyctr.shim.protocol import FRAME_STDERR, FRAME_STDOUT
+from pyctr.shim.server import Connection
 from pyctr.shim.stdio import Stdio
 
 TYPE_CHECKING = False
@@ -160,20 +160,3 @@ class ExecProc(Proc):
 
 def _b64(data: bytes | bytearray) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
-def write_exit_record(path: str, record: dict[str, Any]) -> None:
-    """Atomically replace path: a reader sees the old record or the whole new one."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, jsonlite.dumps(record).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)  # the rename itself survives a crash
-    finally:
-        os.close(dfd)

@@ -22,23 +22,17 @@ import sys
 
 from pyctr.shim import jsonlite
 from pyctr.shim.loop import Loop
+from pyctr.shim.protocol import ProtocolError, decode_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and collections.abc cost memory at run time
     from collections.abc import Callable
     from typing import Any
 
-PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20
 MAX_FRAME = 1 << 20
 READ_SIZE = 65536
 
-FRAME_STDIN = 0  # client -> shim: bytes for the process's stdin
-FRAME_STDOUT = 1  # shim -> client
-FRAME_STDERR = 2  # shim -> client
-FRAME_EXIT = 3  # shim -> client: JSON exit status; the shim closes after it
-FRAME_CLOSE_STDIN = 4  # client -> shim: empty payload
-FRAME_RESIZE = 5  # client -> shim: JSON {"width": w, "height": h}
 
 REQUEST, EVENTS, ATTACH = "request", "events", "attach"
 
@@ -257,18 +251,11 @@ class Server:
         req_id = None
         try:
             try:
-                request = jsonlite.loads(line.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise ShimError("invalid_argument", "request is not valid JSON") from None
-            if not isinstance(request, dict):
-                raise ShimError("invalid_argument", "request must be a JSON object")
+                request = decode_request(line)
+            except ProtocolError as exc:
+                req_id = _request_id(line)
+                raise ShimError(exc.code, str(exc)) from None
             req_id = request.get("id")
-            version = request.get("v", PROTOCOL_VERSION)
-            if version != PROTOCOL_VERSION:
-                raise ShimError(
-                    "unsupported_version",
-                    f"shim speaks protocol version {PROTOCOL_VERSION}, not {version!r}",
-                )
             result = self.handler(conn, request)
         except ShimError as exc:
             conn.reply_error(req_id, exc.code, exc.message)
@@ -288,3 +275,12 @@ class Server:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _request_id(line: bytes) -> Any:
+    """The id of a request refused for its version, so the error reply matches it."""
+    try:
+        request = jsonlite.loads(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return request.get("id") if isinstance(request, dict) else None

@@ -22,19 +22,26 @@ from pyctr.shim.process import (
     DEFAULT_MAX_OUTPUT,
     ExecProc,
     Proc,
-    write_exit_record,
 )
-from pyctr.shim.runc import Runc, RuncError
-from pyctr.shim.server import (
-    ATTACH,
-    EVENTS,
+from pyctr.shim.protocol import (
+    CONSOLE_SOCKET,
+    EXIT_RECORD,
     FRAME_CLOSE_STDIN,
     FRAME_EXIT,
     FRAME_RESIZE,
     FRAME_STDERR,
     FRAME_STDIN,
     FRAME_STDOUT,
+    INIT_PID_FILE,
     PROTOCOL_VERSION,
+    RUNC_LOG,
+    SOCKET_NAME,
+    write_exit_record,
+)
+from pyctr.shim.runc import Runc, RuncError
+from pyctr.shim.server import (
+    ATTACH,
+    EVENTS,
     Connection,
     Server,
     ShimError,
@@ -102,7 +109,7 @@ class Shim:
         self.loop = loop
         self.log_line = log
         self.state_dir = opts.state
-        self.runc = Runc(opts.runc, opts.runc_root, self._path("runc.log"), opts.debug)
+        self.runc = Runc(opts.runc, opts.runc_root, self._path(RUNC_LOG), opts.debug)
         self.log = CriLogWriter(opts.log_path)
         self.status = CREATED
         self.init: Proc | None = None
@@ -165,7 +172,7 @@ class Shim:
         return pid
 
     def serve(self) -> None:
-        self.server = Server(self.loop, self._path("shim.sock"), self.handle)
+        self.server = Server(self.loop, self._path(SOCKET_NAME), self.handle)
         self.loop.watch_signals((17,), self.reap)  # SIGCHLD
         self.reap()  # anything that died before the handler was in place
 
@@ -494,7 +501,7 @@ class Shim:
             # exit was handled first) still gets its event, before the exit's.
             self._oom_check(count)
         self._close_oom_fd()
-        write_exit_record(self._path("exit.json"), {"id": self.opts.id, **proc.exit})
+        write_exit_record(self._path(EXIT_RECORD), {"id": self.opts.id, **proc.exit})
         if self.status != DELETED:
             self.status = STOPPED
         payload = jsonlite.dumps(proc.exit).encode()
@@ -574,7 +581,7 @@ class Shim:
             return
         self.status = DELETED
         self._close_oom_fd()
-        for name in ("init.pid", "console.sock"):
+        for name in (INIT_PID_FILE, CONSOLE_SOCKET):
             _unlink(self._path(name))
         conn.reply(req_id, self._deleted_result())
         self._event({"event": "delete"})

@@ -14,6 +14,7 @@ import os
 
 from pyctr.shim import jsonlite
 from pyctr.shim.loop import Loop
+from pyctr.shim.protocol import CONSOLE_SOCKET, INIT_PID_FILE
 from pyctr.shim.runc import ConsoleSocket, Runc, RuncError
 from pyctr.shim.stdio import Stdio
 
@@ -34,11 +35,11 @@ def create_container(
     run: bool = False,
 ) -> tuple[int, Stdio]:
     """`runc create` (run: `runc run --detach`); returns the init pid and its stdio."""
-    pid_file = os.path.join(state_dir, "init.pid")
+    pid_file = os.path.join(state_dir, INIT_PID_FILE)
     args = ["run", "--detach"] if run else ["create"]
     args += ["--bundle", bundle, "--pid-file", pid_file]
     if tty:
-        stdio = _run_with_console(runc, loop, args, container_id, state_dir, "console.sock", stdin)
+        stdio = _run_with_console(runc, loop, args, container_id, state_dir, CONSOLE_SOCKET, stdin)
     else:
         stdio = _run_with_pipes(runc, loop, args, container_id, stdin, -1)
     return read_pid(pid_file), stdio

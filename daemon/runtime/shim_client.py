@@ -25,6 +25,7 @@ import contextlib
 import errno
 import itertools
 import json
+import logging
 import os
 import signal
 import sys
@@ -37,17 +38,25 @@ from typing import Any
 import pyctr.shim
 from pyctr.daemon import errors
 from pyctr.daemon.runtime.zygote import ZYGOTE_MAIN, ShimZygote
+from pyctr.shim import protocol
+from pyctr.shim.protocol import (
+    CONSOLE_SOCKET,
+    EXIT_RECORD,
+    FRAME_CLOSE_STDIN,
+    FRAME_EXIT,
+    FRAME_RESIZE,
+    FRAME_STDERR,
+    FRAME_STDIN,
+    FRAME_STDOUT,
+    PID_FILE,
+    SHIM_LOG,
+    SOCKET_NAME,
+)
 
-PROTOCOL_VERSION = 1
+log = logging.getLogger("pyctr.runtime")
 SHIM_MAIN = str(Path(pyctr.shim.__file__).resolve().parent / "main.py")
-SOCKET_NAME = "shim.sock"
-EXIT_RECORD = "exit.json"
-SHIM_LOG = "shim.log"
 _READ_LIMIT = 96 << 20  # a captured exec's output arrives base64'd in one line
 _STREAM_LIMIT = 256 << 10
-
-FRAME_STDIN, FRAME_STDOUT, FRAME_STDERR, FRAME_EXIT = 0, 1, 2, 3
-FRAME_CLOSE_STDIN, FRAME_RESIZE = 4, 5
 
 
 class RuncError(errors.PyctrError):
@@ -236,18 +245,23 @@ def shim_args(opts: ShimOptions) -> list[str]:
 
 
 def read_exit_record(state_dir: str | Path) -> ExitRecord | None:
-    """The exit record a shim wrote when its container ended, if any."""
+    """The exit record a shim wrote when its container ended, if any.
+
+    One that cannot be used (torn by a crash mid-write, another version) is
+    logged and treated as missing: the caller then records the exit as lost.
+    """
     try:
-        data = json.loads((Path(state_dir) / EXIT_RECORD).read_text())
-        return ExitRecord.from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError):
+        data = protocol.read_exit_record(str(Path(state_dir) / EXIT_RECORD))
+    except protocol.ExitRecordError as exc:
+        log.warning("%s", exc)
         return None
+    return None if data is None else ExitRecord.from_dict(data)
 
 
 def read_shim_pid(state_dir: str | Path) -> int | None:
     """The shim's PID if its pid file names a live shim process for this state dir."""
     try:
-        pid = int((Path(state_dir) / "shim.pid").read_text().strip())
+        pid = int((Path(state_dir) / PID_FILE).read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
@@ -266,13 +280,8 @@ def read_shim_pid(state_dir: str | Path) -> int | None:
 
 
 def _write_exit_record(state_dir: Path, record: ExitRecord, container_id: str) -> None:
-    tmp = state_dir / (EXIT_RECORD + ".tmp")
-    data = {"id": container_id, **record.__dict__}
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, state_dir / EXIT_RECORD)
+    path = str(state_dir / EXIT_RECORD)
+    protocol.write_exit_record(path, {"id": container_id, **record.__dict__})
 
 
 def _log_tail(state_dir: str, limit: int = 2000) -> str:
@@ -391,9 +400,11 @@ async def connect_shim(state_dir: str | Path, *, timeout: float = 5.0) -> ShimCl
     except BaseException:
         await client.close()
         raise
-    if hello.get("version") != PROTOCOL_VERSION:
+    try:
+        protocol.check_version(hello.get("version"))
+    except protocol.ProtocolError as exc:
         await client.close()
-        raise errors.FailedPrecondition(f"shim speaks version {hello.get('version')}")
+        raise errors.FailedPrecondition(str(exc)) from None
     client.container_id = hello["id"]
     client.shim_pid = hello["shim_pid"]
     return client
@@ -424,7 +435,7 @@ async def cleanup_dead_shim(
         record = ExitRecord(pid=0, exit_status=255, signal=0, exited_at=time.time_ns())
         if state.is_dir():
             _write_exit_record(state, record, container_id)
-    for name in (SOCKET_NAME, "shim.pid", "console.sock"):
+    for name in (SOCKET_NAME, PID_FILE, CONSOLE_SOCKET):
         with contextlib.suppress(FileNotFoundError):
             (state / name).unlink()
     return record
@@ -498,10 +509,9 @@ class ShimClient:
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
-        request = {"v": PROTOCOL_VERSION, "id": req_id, "op": op}
-        request.update({k: v for k, v in args.items() if v is not None})
+        line = protocol.encode_request(req_id, op, args)
         try:
-            self._writer.write(json.dumps(request).encode() + b"\n")
+            self._writer.write(line)
             await self._writer.drain()
         except OSError as exc:
             self._pending.pop(req_id, None)
@@ -652,8 +662,7 @@ class ShimClient:
         """
         reader, writer = await _open(self.socket_path)
         try:
-            writer.write(json.dumps({"v": PROTOCOL_VERSION, "id": 0, "op": "subscribe"}).encode())
-            writer.write(b"\n")
+            writer.write(protocol.encode_request(0, "subscribe", {}))
             await writer.drain()
             first = json.loads(await reader.readline() or b"null")
             if not isinstance(first, dict) or "error" in first:
@@ -722,10 +731,8 @@ class AttachStream:
         # A small buffer, so a reader that falls behind slows the process
         # (exec) instead of piling its output up in the daemon.
         reader, writer = await _open(path, _STREAM_LIMIT)
-        request = {"v": PROTOCOL_VERSION, "id": 0, "op": op}
-        request.update({k: v for k, v in args.items() if v is not None})
         try:
-            writer.write(json.dumps(request).encode() + b"\n")
+            writer.write(protocol.encode_request(0, op, args))
             await writer.drain()
             line = await reader.readline()
             if not line:

@@ -11,7 +11,8 @@ import pytest
 
 from pyctr.shim import jsonlite
 from pyctr.shim.options import UsageError, parse
-from pyctr.shim.process import exit_info, write_exit_record
+from pyctr.shim.process import exit_info
+from pyctr.shim.protocol import write_exit_record
 from pyctr.shim.service import valid_id
 
 
@@ -98,6 +99,6 @@ def test_exit_record_is_replaced_atomically(tmp_path: Path) -> None:
     path = tmp_path / "exit.json"
     write_exit_record(str(path), {"exit_status": 1})
     write_exit_record(str(path), {"exit_status": 2})
-    assert json.loads(path.read_text()) == {"exit_status": 2}
+    assert json.loads(path.read_text()) == {"v": 1, "exit_status": 2}
     assert os.listdir(tmp_path) == ["exit.json"]
     assert (path.stat().st_mode & 0o777) == 0o600
