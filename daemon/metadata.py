@@ -3,7 +3,9 @@
 Every store (images, snapshots, containers, leases) keeps its tables here and
 writes them inside `Metadata.tx()`, so a crash at any point leaves the database
 at the last committed transaction. Each store creates its own tables with
-`Metadata.migrate()` when it is constructed.
+`Metadata.migrate()` when it is constructed; a store whose rows changed shape
+records its schema version in `schema_versions` and migrates older rows in
+one transaction (see daemon/runtime/store.py).
 
 One connection is shared by the daemon's threads; a lock serialises use of it.
 SQLite calls on this small database take microseconds, so handlers may call
@@ -67,6 +69,22 @@ class Metadata:
         """Create tables and indexes (`CREATE ... IF NOT EXISTS` statements)."""
         with self._lock:
             self._conn.executescript(schema)
+
+    def schema_version(self, tx: sqlite3.Connection, table: str) -> int | None:
+        """The version `set_schema_version` recorded for `table`, None if none was."""
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions"
+            " (name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        row = tx.execute("SELECT version FROM schema_versions WHERE name = ?", (table,)).fetchone()
+        return None if row is None else int(row["version"])
+
+    def set_schema_version(self, tx: sqlite3.Connection, table: str, version: int) -> None:
+        tx.execute(
+            "INSERT INTO schema_versions (name, version) VALUES (?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET version = excluded.version",
+            (table, version),
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -29,8 +29,8 @@ from pyctr.daemon.errors import (
 )
 from pyctr.daemon.runtime.logs import LogReader, tail_offset
 from pyctr.daemon.runtime.manager import RuntimeManager
+from pyctr.daemon.runtime.records import ConsoleSize, Container, NativeContainer
 from pyctr.daemon.runtime.shim_client import AttachStream, ExitRecord
-from pyctr.daemon.runtime.store import CREATED, RUNNING, Container
 from pyctr.daemon.spec.native import (
     check_request,
     native_record,
@@ -66,13 +66,13 @@ def container_info(c: Container) -> pb.ContainerInfo:
         message=c.message,
         args=list(process.get("args") or []),
         labels=c.labels,
-        tty=bool(c.extra.get("tty")),
-        stdin=bool(c.extra.get("stdin")),
-        log_path=str(c.extra.get("log_path") or ""),
-        auto_remove=bool(c.extra.get("auto_remove")),
+        tty=c.tty,
+        stdin=c.stdin,
+        log_path=c.log_path,
+        auto_remove=c.auto_remove,
         kind=c.kind,
         sandbox_id=c.sandbox_id,
-        network=str(c.extra.get("network") or ""),
+        network=c.network if isinstance(c, NativeContainer) else "",
     )
 
 
@@ -147,7 +147,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         for c in self.store.list():
             if c.kind == "sandbox" and not request.sandboxes:
                 continue
-            if not request.all and c.status != RUNNING:
+            if not request.all and not c.status.is_running:
                 continue
             if any(c.labels.get(k) != v for k, v in wanted.items()):
                 continue
@@ -188,7 +188,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         self, request: pb.ContainerWaitRequest, context: grpc.aio.ServicerContext
     ) -> pb.ContainerWaitResponse:
         c = self._resolve(request.container)
-        while c.status == CREATED:  # not started yet: wait for that first
+        while c.status.can_start:  # not started yet: wait for that first
             await asyncio.sleep(CREATED_POLL)
             c = self.store.get(c.id)
         return pb.ContainerWaitResponse(container=container_info(await self.runtime.wait(c.id)))
@@ -218,7 +218,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         size = None
         if s.tty and s.HasField("size"):
             width, height = _size(s.size)
-            size = {"width": width, "height": height}
+            size = ConsoleSize(width=width, height=height)
         process = self.runtime.exec_process(
             c, list(s.args), s.tty, env, cwd=s.workdir or None, user=user, console_size=size
         )
@@ -237,7 +237,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         first = await _first(request_iterator, "open")
         c = self._resolve(first.open.container)
         stdin = first.open.stdin
-        if stdin and not c.extra.get("stdin"):
+        if stdin and not c.stdin:
             raise FailedPrecondition(f"container {c.id[:12]} was created without stdin")
         stream = await self.runtime.attach(c.id)
         yield pb.ContainerIOResponse(ready=pb.ContainerIOReady(pid=stream.pid))
@@ -248,7 +248,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
             return
         # The shim went away without telling us the exit: ask the record.
         final = await self.runtime.wait(c.id, timeout=5.0)
-        if final.status == RUNNING:
+        if final.status.is_running:
             raise Unavailable(f"lost the stdio of {c.id[:12]}: its shim went away")
         yield pb.ContainerIOResponse(
             exit=pb.ContainerExit(exit_code=final.exit_code, exited_at=final.finished_at)
@@ -258,7 +258,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         self, request: pb.ContainerLogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ContainerLogsResponse]:
         c = self._resolve(request.container)
-        path = c.extra.get("log_path") or ""
+        path = c.log_path
         if not path:
             raise FailedPrecondition(f"container {c.id[:12]} keeps no log file")
         try:
@@ -293,7 +293,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
             c = await self.runtime.wait(cid, timeout)
         except NotFound:
             return True
-        return c.status != RUNNING
+        return not c.status.is_running
 
 
 async def _first(requests: AsyncIterator[Any], field: str) -> Any:

@@ -24,13 +24,13 @@ from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
 from pyctr.daemon.errors import (
     DeadlineExceeded,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PyctrError,
 )
 from pyctr.daemon.events import Event
-from pyctr.daemon.runtime.store import CREATED, RUNNING, Container
+from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
+from pyctr.daemon.runtime.states import Op, require
 from pyctr.daemon.spec.cri import cri_signal, oci_resources, parse_signal
 from pyctr.daemon.spec.oci import write_bundle_config
 from pyctr.proto import cri_pb2 as cri
@@ -49,13 +49,13 @@ _EVENT_TYPES = {
 }
 
 
-def stop_signal(c: Container) -> int:
+def stop_signal(c: CriContainer) -> int:
     """The request's stop signal, else the image's StopSignal, else SIGTERM."""
     with contextlib.suppress(PyctrError, ValueError):
-        sig = cri_signal(int(c.extra.get("stop_signal") or 0))
+        sig = cri_signal(c.stop_signal)
         if sig:
             return sig
-    image_signal = str(c.extra.get("image_stop_signal") or "")
+    image_signal = c.image_stop_signal
     if image_signal:
         try:
             return parse_signal(image_signal)
@@ -107,8 +107,8 @@ class ContainerRpcs:
     def _containers(self, f: cri.ContainerFilter) -> list[cri.Container]:
         return [
             convert.container_summary(c)
-            for c in self.ctx.runtime.store.list(kind="container")
-            if c.sandbox_id and convert.container_matches(c, f)
+            for c in self.ctx.runtime.store.list_of(CriContainer)
+            if convert.container_matches(c, f)
         ]
 
     async def ListContainers(  # noqa: N802
@@ -142,19 +142,18 @@ class ContainerRpcs:
         new = oci_resources(request.linux, sandboxes.cgroup_v2)
         runtime = self.ctx.runtime
         async with runtime.lock(c.id):
-            c = runtime.store.get(c.id)
+            c = runtime.store.get_as(c.id, CriContainer)
             spec = copy.deepcopy(c.spec)
             resources = spec.setdefault("linux", {}).setdefault("resources", {})
             # The request is the container's whole set of these limits.
             for key in ("cpu", "memory", "hugepageLimits", "unified"):
                 resources.pop(key, None)
             resources.update(new)
-            if c.status == RUNNING:
+            require(c.status, Op.UPDATE_RESOURCES, c.id)
+            if c.status.can_signal:  # running: the live cgroup
                 await runtime.shim(c.id).update(new)
-            elif c.status == CREATED:
+            else:  # not started: the bundle runc will create it from
                 write_bundle_config(runtime.task_dir(c.id), spec)
-            else:
-                raise FailedPrecondition(f"container {c.id[:12]} is {c.status}")
             runtime.store.update(c.id, spec=spec)
         return cri.UpdateContainerResourcesResponse()
 
@@ -196,9 +195,11 @@ class ContainerRpcs:
         # (the record is gone by then), and each pod's last status, from the
         # start: the kubelet drops an event whose pod status has no metadata,
         # so a pod deleted later needs it even if nothing else of it was seen.
-        records = [c for c in self.ctx.runtime.store.list() if c.kind == "sandbox" or c.sandbox_id]
+        records = [
+            c for c in self.ctx.runtime.store.list() if isinstance(c, Sandbox | CriContainer)
+        ]
         owners: dict[str, str] = {c.id: c.sandbox_id or c.id for c in records}
-        pods = {c.id: convert.pod_status(c) for c in records if c.kind == "sandbox"}
+        pods = {c.id: convert.pod_status(c) for c in records if isinstance(c, Sandbox)}
         try:
             async for event in sub:
                 response = self._event_response(event, owners, pods)
@@ -216,7 +217,7 @@ class ContainerRpcs:
         with contextlib.suppress(NotFound):
             record = store.get(cid)
         if record is not None:
-            if record.kind != "sandbox" and not record.sandbox_id:
+            if not isinstance(record, Sandbox | CriContainer):
                 return None  # a native-API container, not the kubelet's business
             owners[cid] = record.sandbox_id or record.id
         pod_id = owners.get(cid)
@@ -224,9 +225,9 @@ class ContainerRpcs:
             return None
         statuses: list[cri.ContainerStatus] = []
         with contextlib.suppress(NotFound):
-            sb = store.get(pod_id)
+            sb = store.get_as(pod_id, Sandbox)
             pods[pod_id] = convert.pod_status(sb)
-            members = store.list(kind="container", sandbox_id=pod_id)
+            members = store.list_of(CriContainer, sandbox_id=pod_id)
             statuses = [convert.container_status(c) for c in members]
         pod = pods.get(pod_id) or cri.PodSandboxStatus(id=pod_id)
         if event.topic == "/containers/delete":

@@ -8,21 +8,22 @@ a dict lookup and some message building, never a shim call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from pyctr.daemon.errors import PyctrError
-from pyctr.daemon.pods.manager import is_ready
-from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING, Container
+from pyctr.daemon.runtime.records import CriContainer, Sandbox
+from pyctr.daemon.runtime.states import Status
 from pyctr.daemon.spec.cri import cri_resources, cri_signal, parse_signal
 from pyctr.proto import cri_pb2 as cri
 
 _STATES = {
-    CREATED: cri.CONTAINER_CREATED,
-    RUNNING: cri.CONTAINER_RUNNING,
-    EXITED: cri.CONTAINER_EXITED,
+    Status.CREATED: cri.CONTAINER_CREATED,
+    Status.RUNNING: cri.CONTAINER_RUNNING,
+    Status.EXITED: cri.CONTAINER_EXITED,
 }
 
 
@@ -33,21 +34,18 @@ def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool
 # -- pods -----------------------------------------------------------------------
 
 
-def pod_state(sb: Container) -> int:
-    return cri.SANDBOX_READY if is_ready(sb) else cri.SANDBOX_NOTREADY
+def pod_state(sb: Sandbox) -> int:
+    return cri.SANDBOX_READY if sb.ready else cri.SANDBOX_NOTREADY
 
 
-def pod_metadata(sb: Container) -> cri.PodSandboxMetadata:
-    md = sb.extra.get("metadata") or {}
+def pod_metadata(sb: Sandbox) -> cri.PodSandboxMetadata:
+    md = sb.metadata
     return cri.PodSandboxMetadata(
-        name=md.get("name", ""),
-        uid=md.get("uid", ""),
-        namespace=md.get("namespace", ""),
-        attempt=md.get("attempt", 0),
+        name=md.name, uid=md.uid, namespace=md.namespace, attempt=md.attempt
     )
 
 
-def pod_summary(sb: Container) -> cri.PodSandbox:
+def pod_summary(sb: Sandbox) -> cri.PodSandbox:
     return cri.PodSandbox(
         id=sb.id,
         metadata=pod_metadata(sb),
@@ -55,13 +53,12 @@ def pod_summary(sb: Container) -> cri.PodSandbox:
         created_at=sb.created_at,
         labels=sb.labels,
         annotations=sb.annotations,
-        runtime_handler=sb.extra.get("runtime_handler", ""),
+        runtime_handler=sb.runtime_handler,
     )
 
 
-def pod_status(sb: Container) -> cri.PodSandboxStatus:
-    ips = list(sb.extra.get("ips") or [])
-    ns = sb.extra.get("namespaces") or {}
+def pod_status(sb: Sandbox) -> cri.PodSandboxStatus:
+    ips, ns = sb.ips, sb.namespaces
     return cri.PodSandboxStatus(
         id=sb.id,
         metadata=pod_metadata(sb),
@@ -73,17 +70,19 @@ def pod_status(sb: Container) -> cri.PodSandboxStatus:
         linux=cri.LinuxPodSandboxStatus(
             namespaces=cri.Namespace(
                 options=cri.NamespaceOption(
-                    network=ns.get("network", 0), pid=ns.get("pid", 0), ipc=ns.get("ipc", 0)
+                    network=ns.network,  # type: ignore[arg-type]
+                    pid=ns.pid,  # type: ignore[arg-type]
+                    ipc=ns.ipc,  # type: ignore[arg-type]
                 )
             )
         ),
         labels=sb.labels,
         annotations=sb.annotations,
-        runtime_handler=sb.extra.get("runtime_handler", ""),
+        runtime_handler=sb.runtime_handler,
     )
 
 
-def pod_matches(sb: Container, f: cri.PodSandboxFilter) -> bool:
+def pod_matches(sb: Sandbox, f: cri.PodSandboxFilter) -> bool:
     if f.id and not sb.id.startswith(f.id):
         return False
     if f.HasField("state") and pod_state(sb) != f.state.state:
@@ -91,17 +90,17 @@ def pod_matches(sb: Container, f: cri.PodSandboxFilter) -> bool:
     return labels_match(sb.labels, f.label_selector)
 
 
-def pod_info(sb: Container) -> dict[str, str]:
+def pod_info(sb: Sandbox) -> dict[str, str]:
     """The verbose map of PodSandboxStatus: JSON, like containerd's."""
     info = {
         "pid": sb.pid,
         "status": sb.status,
-        "netns": sb.extra.get("netns") or "",
+        "netns": sb.netns,
         "image": sb.image,
         "imageId": sb.image_id,
-        "cgroupParent": sb.extra.get("cgroup_parent") or "",
+        "cgroupParent": sb.cgroup_parent,
         "runtimeSpec": sb.spec,
-        "config": sb.extra.get("config") or {},
+        "config": sb.config,
     }
     return {"info": json.dumps(info)}
 
@@ -109,30 +108,29 @@ def pod_info(sb: Container) -> dict[str, str]:
 # -- containers -----------------------------------------------------------------
 
 
-def container_state(c: Container) -> int:
+def container_state(c: CriContainer) -> int:
     return _STATES.get(c.status, cri.CONTAINER_UNKNOWN)
 
 
-def container_metadata(c: Container) -> cri.ContainerMetadata:
-    md = c.extra.get("metadata") or {}
-    return cri.ContainerMetadata(name=md.get("name", c.name), attempt=md.get("attempt", 0))
+def container_metadata(c: CriContainer) -> cri.ContainerMetadata:
+    return cri.ContainerMetadata(name=c.metadata.name, attempt=c.metadata.attempt)
 
 
-def image_spec(c: Container, for_status: bool = False) -> cri.ImageSpec:
+def image_spec(c: CriContainer, for_status: bool = False) -> cri.ImageSpec:
     """The container's ImageSpec as created; for ContainerStatus, with the
     image's tag in place of the ID the kubelet created it from (containerd's
     shape: the kubelet shows status.image.image to users)."""
-    spec = c.extra.get("image_spec") or {}
-    name = c.extra.get("image_name") if for_status else ""
+    spec = c.image_spec
+    name = c.image_name if for_status else ""
     return cri.ImageSpec(
-        image=name or spec.get("image") or c.image,
-        annotations=spec.get("annotations") or {},
-        user_specified_image=spec.get("user_specified_image", ""),
-        runtime_handler=spec.get("runtime_handler", ""),
+        image=name or spec.image or c.image,
+        annotations=spec.annotations,
+        user_specified_image=spec.user_specified_image,
+        runtime_handler=spec.runtime_handler,
     )
 
 
-def container_summary(c: Container) -> cri.Container:
+def container_summary(c: CriContainer) -> cri.Container:
     return cri.Container(
         id=c.id,
         pod_sandbox_id=c.sandbox_id,
@@ -140,7 +138,7 @@ def container_summary(c: Container) -> cri.Container:
         image=image_spec(c),
         # The image ID, as containerd lists it: kubelets before 1.30 key their
         # image GC's in-use set on Container.image_ref and match it to Image.id.
-        image_ref=c.image_id or c.extra.get("image_ref", ""),
+        image_ref=c.image_id or c.image_ref,
         state=container_state(c),  # type: ignore[arg-type]
         created_at=c.created_at,
         labels=c.labels,
@@ -149,7 +147,7 @@ def container_summary(c: Container) -> cri.Container:
     )
 
 
-def container_matches(c: Container, f: cri.ContainerFilter) -> bool:
+def container_matches(c: CriContainer, f: cri.ContainerFilter) -> bool:
     if f.id and not c.id.startswith(f.id):
         return False
     if f.pod_sandbox_id and not c.sandbox_id.startswith(f.pod_sandbox_id):
@@ -162,11 +160,11 @@ def container_matches(c: Container, f: cri.ContainerFilter) -> bool:
 _SIGNAL_ENUM: dict[int, int] = {}
 
 
-def status_stop_signal(c: Container) -> int:
+def status_stop_signal(c: CriContainer) -> int:
     """The signal StopContainer will send, as a CRI Signal (as containerd
     reports it; the kubelet shows it as the container's stopSignal): the
     request's, else the image's StopSignal, else SIGTERM."""
-    requested = int(c.extra.get("stop_signal") or 0)
+    requested = c.stop_signal
     if requested:
         return requested
     if not _SIGNAL_ENUM:  # number -> enum value, first (canonical) name winning
@@ -174,19 +172,19 @@ def status_stop_signal(c: Container) -> int:
             if value:
                 _SIGNAL_ENUM[cri_signal(value)] = value
     with contextlib.suppress(PyctrError):
-        image_signal = str(c.extra.get("image_stop_signal") or "")
+        image_signal = c.image_stop_signal
         if image_signal:
             return _SIGNAL_ENUM.get(parse_signal(image_signal), cri.SIGNAL_SIGTERM)
     return cri.SIGNAL_SIGTERM
 
 
-def _resources(c: Container) -> cri.ContainerResources:
+def _resources(c: CriContainer) -> cri.ContainerResources:
     linux = c.spec.get("linux") or {}
     oom = (c.spec.get("process") or {}).get("oomScoreAdj", 0)
     return cri.ContainerResources(linux=cri_resources(linux.get("resources") or {}, oom))
 
 
-def container_status(c: Container) -> cri.ContainerStatus:
+def container_status(c: CriContainer) -> cri.ContainerStatus:
     user = (c.spec.get("process") or {}).get("user") or {}
     status = cri.ContainerStatus(
         id=c.id,
@@ -195,16 +193,16 @@ def container_status(c: Container) -> cri.ContainerStatus:
         created_at=c.created_at,
         started_at=c.started_at,
         finished_at=c.finished_at,
-        exit_code=c.exit_code if c.status == EXITED else 0,
+        exit_code=c.exit_code if c.status.has_exited else 0,
         image=image_spec(c, for_status=True),
         # The repo digest (the pod's containerStatuses[].imageID).
-        image_ref=c.extra.get("image_ref") or c.image_id,
-        reason=c.reason if c.status == EXITED else "",
-        message=c.message if c.status == EXITED else "",
+        image_ref=c.image_ref or c.image_id,
+        reason=c.reason if c.status.has_exited else "",
+        message=c.message if c.status.has_exited else "",
         labels=c.labels,
         annotations=c.annotations,
-        mounts=[cri.Mount(**m) for m in c.extra.get("mounts") or []],
-        log_path=c.extra.get("log_path") or "",
+        mounts=[cri.Mount(**dataclasses.asdict(m)) for m in c.mounts],
+        log_path=c.log_path,
         resources=_resources(c),
         image_id=c.image_id,
         user=cri.ContainerUser(
@@ -219,14 +217,14 @@ def container_status(c: Container) -> cri.ContainerStatus:
     return status
 
 
-def container_info(c: Container) -> dict[str, str]:
+def container_info(c: CriContainer) -> dict[str, str]:
     info: dict[str, Any] = {
         "sandboxID": c.sandbox_id,
         "pid": c.pid,
         "snapshotKey": c.snapshot,
         "image": c.image,
         "imageId": c.image_id,
-        "logPath": c.extra.get("log_path") or "",
+        "logPath": c.log_path,
         "runtimeSpec": c.spec,
         "status": c.status,
     }

@@ -19,6 +19,7 @@ import grpc
 from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
 from pyctr.daemon.errors import InvalidArgument, NotFound
+from pyctr.daemon.runtime.records import CriContainer, Sandbox
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class SandboxRpcs:
     ) -> cri.PodSandboxStatusResponse:
         sandboxes = self.ctx.sandboxes
         sb = sandboxes.get(request.pod_sandbox_id)
-        containers = sandboxes.store.list(kind="container", sandbox_id=sb.id)
+        containers = sandboxes.store.list_of(CriContainer, sandbox_id=sb.id)
         return cri.PodSandboxStatusResponse(
             status=convert.pod_status(sb),
             info=convert.pod_info(sb) if request.verbose else {},
@@ -67,7 +68,7 @@ class SandboxRpcs:
     def _pods(self, f: cri.PodSandboxFilter) -> list[cri.PodSandbox]:
         return [
             convert.pod_summary(sb)
-            for sb in self.ctx.sandboxes.store.list(kind="sandbox")
+            for sb in self.ctx.sandboxes.store.list_of(Sandbox)
             if convert.pod_matches(sb, f)
         ]
 

@@ -26,7 +26,7 @@ import grpc
 from pyctr.daemon import host
 from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
-from pyctr.daemon.runtime.store import RUNNING, Container
+from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
 from pyctr.proto import cri_pb2 as cri
 from pyctr.shim.cgroups import Cgroup
 
@@ -112,7 +112,7 @@ class StatsCollector:
             inodes_used=cri.UInt64Value(value=usage.inodes),
         )
 
-    def container(self, c: Container, fs: cri.FilesystemUsage | None) -> cri.ContainerStats:
+    def container(self, c: CriContainer, fs: cri.FilesystemUsage | None) -> cri.ContainerStats:
         attributes = cri.ContainerAttributes(
             id=c.id,
             metadata=convert.container_metadata(c),
@@ -121,7 +121,7 @@ class StatsCollector:
         )
         out = cri.ContainerStats(attributes=attributes, writable_layer=fs)
         path = (c.spec.get("linux") or {}).get("cgroupsPath") or ""
-        if c.status == RUNNING and path:
+        if c.status.is_running and path:
             raw = self.raw(path)
             out.cpu.CopyFrom(self.cpu(c.id, raw))
             out.memory.CopyFrom(self.memory(raw))
@@ -130,16 +130,15 @@ class StatsCollector:
         return out
 
     def pod(
-        self, sb: Container, members: list[Container], fs: dict[str, cri.FilesystemUsage | None]
+        self, sb: Sandbox, members: list[CriContainer], fs: dict[str, cri.FilesystemUsage | None]
     ) -> cri.PodSandboxStats:
         now = convert.now_ns()
         containers = [self.container(c, fs.get(c.id)) for c in members]
         linux = cri.LinuxPodSandboxStats(containers=containers)
-        if sb.status == RUNNING:
-            if sb.extra.get("own_cgroup_parent"):
-                raw = self.raw(sb.extra.get("cgroup_parent") or "")
-            else:
-                raw = self._sum([sb, *members])
+        if sb.status.is_running:
+            # The kubelet's pod cgroup holds them all; else add the members up.
+            own = sb.own_cgroup_parent
+            raw = self.raw(sb.cgroup_parent) if own else self._sum([sb, *members])
             linux.cpu.CopyFrom(self.cpu("pod:" + sb.id, raw))
             linux.memory.CopyFrom(self.memory(raw))
             linux.process.CopyFrom(
@@ -160,7 +159,7 @@ class StatsCollector:
         total: dict[str, int | None] = {"timestamp": convert.now_ns()}
         for c in records:
             path = (c.spec.get("linux") or {}).get("cgroupsPath") or ""
-            if c.status != RUNNING or not path:
+            if not c.status.is_running or not path:
                 continue
             for key, value in self.raw(path).items():
                 if key == "timestamp" or value is None:
@@ -175,9 +174,9 @@ class StatsCollector:
         return total
 
     @staticmethod
-    def network(sb: Container, now: int) -> cri.NetworkUsage:
+    def network(sb: Sandbox, now: int) -> cri.NetworkUsage:
         out = cri.NetworkUsage(timestamp=now)
-        if not sb.extra.get("netns") or not sb.pid:
+        if not sb.netns or not sb.pid:
             return out
         for name, (rx, rx_err, tx, tx_err) in sorted(net_dev(sb.pid).items()):
             if name == "lo":
@@ -229,9 +228,8 @@ class StatsRpcs:
     async def _container_stats(self, f: cri.ContainerStatsFilter) -> list[cri.ContainerStats]:
         found = [
             c
-            for c in self.ctx.runtime.store.list(kind="container")
-            if c.sandbox_id
-            and (not f.id or c.id.startswith(f.id))
+            for c in self.ctx.runtime.store.list_of(CriContainer)
+            if (not f.id or c.id.startswith(f.id))
             and (not f.pod_sandbox_id or c.sandbox_id.startswith(f.pod_sandbox_id))
             and convert.labels_match(c.labels, f.label_selector)
         ]
@@ -251,9 +249,9 @@ class StatsRpcs:
         for i in range(0, max(len(stats), 1), STREAM_CHUNK):
             yield cri.StreamContainerStatsResponse(container_stats=stats[i : i + STREAM_CHUNK])
 
-    async def _pod_stats(self, pods: list[Container]) -> list[cri.PodSandboxStats]:
-        members: dict[str, list[Container]] = {sb.id: [] for sb in pods}
-        for c in self.ctx.runtime.store.list(kind="container"):
+    async def _pod_stats(self, pods: list[Sandbox]) -> list[cri.PodSandboxStats]:
+        members: dict[str, list[CriContainer]] = {sb.id: [] for sb in pods}
+        for c in self.ctx.runtime.store.list_of(CriContainer):
             if c.sandbox_id in members:
                 members[c.sandbox_id].append(c)
         fs = await self._writable([c for group in members.values() for c in group])
@@ -271,15 +269,15 @@ class StatsRpcs:
     async def _list_pod_stats(self, f: cri.PodSandboxStatsFilter) -> list[cri.PodSandboxStats]:
         pods = [
             sb
-            for sb in self.ctx.runtime.store.list(kind="sandbox")
-            if sb.status == RUNNING
+            for sb in self.ctx.runtime.store.list_of(Sandbox)
+            if sb.status.is_running
             and (not f.id or sb.id.startswith(f.id))
             and convert.labels_match(sb.labels, f.label_selector)
         ]
         stats = await self._pod_stats(pods)
         if not f.id and not f.label_selector:
             with contextlib.suppress(Exception):
-                live = {c.id for c in self.ctx.runtime.store.list() if c.status == RUNNING}
+                live = {c.id for c in self.ctx.runtime.store.list() if c.status.is_running}
                 self._collector().forget(live)
         return stats
 

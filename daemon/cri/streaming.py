@@ -14,7 +14,6 @@ import grpc
 
 from pyctr.daemon.context import Context
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, Unavailable
-from pyctr.daemon.pods.manager import is_ready
 from pyctr.daemon.streaming.requests import AttachRequest, ExecRequest, PortForwardRequest
 from pyctr.daemon.streaming.server import StreamingServer
 from pyctr.proto import cri_pb2 as cri
@@ -76,7 +75,7 @@ class StreamingRpcs:
         self, request: cri.PortForwardRequest, context: grpc.aio.ServicerContext
     ) -> cri.PortForwardResponse:
         sb = self.ctx.sandboxes.get(request.pod_sandbox_id)
-        if not is_ready(sb):
+        if not sb.ready:
             raise FailedPrecondition(f"pod sandbox {sb.id[:12]} is not ready")
         for port in request.port:
             if not 0 < port < 65536:

@@ -49,7 +49,18 @@ from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from pyctr.daemon.images.reference import parse
 from pyctr.daemon.pods import netns
 from pyctr.daemon.pods.cni import CniManager, PodNetwork, PortMapping
-from pyctr.daemon.runtime.store import ID_RE, RUNNING, Container, new_id
+from pyctr.daemon.runtime.records import (
+    ContainerMetadata,
+    CriContainer,
+    ImageSpec,
+    Namespaces,
+    PodMetadata,
+    R,
+    Sandbox,
+    StatusMount,
+)
+from pyctr.daemon.runtime.states import PodState
+from pyctr.daemon.runtime.store import ID_RE, new_id
 from pyctr.daemon.spec.cri import (
     NODE,
     POD,
@@ -68,7 +79,6 @@ from pyctr.snapshotter.mount import unmount_all
 
 log = logging.getLogger("pyctr.sandbox")
 
-READY, NOTREADY = "ready", "notready"
 # Handlers pyctr answers to: the default and its explicit name.
 RUNTIME_HANDLERS = ("", "runc")
 _META_RE = re.compile(r"^[^\x00-\x1f/]{1,253}$")
@@ -88,8 +98,8 @@ def sandbox_name(md: cri.PodSandboxMetadata) -> str:
     return f"{md.name}_{md.namespace}_{md.uid}_{md.attempt}"
 
 
-def container_name(md: cri.ContainerMetadata, pod: dict[str, Any]) -> str:
-    return f"{md.name}_{pod['name']}_{pod['namespace']}_{pod['uid']}_{md.attempt}"
+def container_name(md: cri.ContainerMetadata, pod: PodMetadata) -> str:
+    return f"{md.name}_{pod.name}_{pod.namespace}_{pod.uid}_{md.attempt}"
 
 
 def _check_meta(value: str, what: str, required: bool = True) -> str:
@@ -98,8 +108,8 @@ def _check_meta(value: str, what: str, required: bool = True) -> str:
     return value
 
 
-def is_ready(sb: Container) -> bool:
-    return sb.status == RUNNING and sb.extra.get("state") == READY
+def is_ready(sb: Sandbox) -> bool:
+    return sb.ready
 
 
 def _write_file(path: Path, text: str) -> None:
@@ -194,56 +204,52 @@ class SandboxManager:
 
     # -- lookups ----------------------------------------------------------------
 
-    def _resolve(self, ref: str, kind: str) -> Container:
-        """By full ID or an ID prefix unique among records of `kind` (as crictl
-        users type them); NotFound otherwise, InvalidArgument if ambiguous."""
-        what = "pod sandbox" if kind == "sandbox" else "container"
+    def _resolve(self, ref: str, cls: type[R]) -> R:
+        """By full ID or an ID prefix unique among records of type `cls` (as
+        crictl users type them); NotFound otherwise, InvalidArgument if ambiguous."""
+        what = "pod sandbox" if cls is Sandbox else "container"
         if not ID_RE.match(ref or ""):
             raise NotFound(f"{what} {ref[:80]!r} not found")
         if len(ref) == 64:
             with contextlib.suppress(NotFound):
                 c = self.store.get(ref)
-                if c.kind == kind and (kind == "sandbox" or c.sandbox_id):
+                if isinstance(c, cls):
                     return c
             raise NotFound(f"{what} {ref} not found")
-        found = [
-            c for c in self.store.list(kind=kind)
-            if c.id.startswith(ref) and (kind == "sandbox" or c.sandbox_id)
-        ]  # fmt: skip
+        found = [c for c in self.store.list_of(cls) if c.id.startswith(ref)]
         if len(found) > 1:
             raise InvalidArgument(f"{what} ID prefix {ref!r} is ambiguous")
         if not found:
             raise NotFound(f"{what} {ref!r} not found")
         return found[0]
 
-    def get(self, ref: str) -> Container:
+    def get(self, ref: str) -> Sandbox:
         """A sandbox by ID or unique ID prefix; NotFound otherwise."""
-        return self._resolve(ref, "sandbox")
+        return self._resolve(ref, Sandbox)
 
-    def get_container(self, ref: str) -> Container:
+    def get_container(self, ref: str) -> CriContainer:
         """A CRI container (one that belongs to a pod) by ID or unique prefix."""
-        return self._resolve(ref, "container")
+        return self._resolve(ref, CriContainer)
 
     def pod_dir(self, sid: str) -> Path:
         return self.pods_dir / sid
 
-    def view(self, sb: Container) -> PodView:
-        ns = sb.extra.get("namespaces") or {}
-        md = sb.extra.get("metadata") or {}
+    def view(self, sb: Sandbox) -> PodView:
+        ns, md = sb.namespaces, sb.metadata
         return PodView(
             id=sb.id,
             pid=sb.pid,
-            netns=sb.extra.get("netns") or "",
-            host_network=ns.get("network") == NODE,
-            host_pid=ns.get("pid") == NODE,
-            host_ipc=ns.get("ipc") == NODE,
-            hostname=sb.extra.get("hostname") or "",
+            netns=sb.netns,
+            host_network=ns.network == NODE,
+            host_pid=ns.pid == NODE,
+            host_ipc=ns.ipc == NODE,
+            hostname=sb.hostname,
             files=self.pod_dir(sb.id),
-            cgroup_parent=sb.extra.get("cgroup_parent") or "",
-            privileged=bool(sb.extra.get("privileged")),
-            name=md.get("name", ""),
-            namespace=md.get("namespace", ""),
-            uid=md.get("uid", ""),
+            cgroup_parent=sb.cgroup_parent,
+            privileged=sb.privileged,
+            name=md.name,
+            namespace=md.namespace,
+            uid=md.uid,
         )
 
     def _lock(self, sid: str) -> asyncio.Lock:
@@ -280,12 +286,12 @@ class SandboxManager:
             cid = new_id()
         return cid
 
-    def _require_ready(self, sb: Container) -> None:
+    def _require_ready(self, sb: Sandbox) -> None:
         if not is_ready(sb):
             raise FailedPrecondition(f"pod sandbox {sb.id[:12]} is not ready")
         # The pause PID must still be the pause process: compare the
         # namespaces recorded at start, so a reused PID is never joined.
-        for kind, ino in (sb.extra.get("ns_inodes") or {}).items():
+        for kind, ino in sb.ns_inodes.items():
             try:
                 same = os.stat(f"/proc/{sb.pid}/ns/{kind}").st_ino == ino
             except OSError:
@@ -295,7 +301,7 @@ class SandboxManager:
 
     # -- run --------------------------------------------------------------------
 
-    async def run(self, config: cri.PodSandboxConfig, runtime_handler: str = "") -> Container:
+    async def run(self, config: cri.PodSandboxConfig, runtime_handler: str = "") -> Sandbox:
         md = config.metadata
         for value, what in ((md.name, "name"), (md.namespace, "namespace"), (md.uid, "uid")):
             _check_meta(value, f"pod sandbox metadata {what}")
@@ -354,31 +360,27 @@ class SandboxManager:
                     )  # fmt: skip
                     # On failure, DEL (above) only once ADD has finished.
                     undo.push_async_callback(_settled, network)
-                record = Container(
+                record = Sandbox(
                     id=sid,
                     name=sandbox_name(md),
-                    kind="sandbox",
                     image=self.ctx.config.cri.sandbox_image,
                     labels=dict(config.labels),
                     annotations=dict(config.annotations),
-                    extra={
-                        "metadata": {
-                            "name": md.name, "uid": md.uid, "namespace": md.namespace,
-                            "attempt": md.attempt,
-                        },
-                        "hostname": hostname,
-                        "log_directory": config.log_directory,
-                        "runtime_handler": runtime_handler,
-                        "namespaces": {"network": ns.network, "pid": ns.pid, "ipc": ns.ipc},
-                        "netns": netns_path,
-                        "ips": [],  # once CNI ADD is done
-                        "cgroup_parent": cgroup_parent,
-                        "own_cgroup_parent": bool(config.linux.cgroup_parent),
-                        "privileged": config.linux.security_context.privileged,
-                        "state": READY,
-                        "config": json_format.MessageToDict(config),
-                    },
-                )  # fmt: skip
+                    metadata=PodMetadata(
+                        name=md.name, uid=md.uid, namespace=md.namespace, attempt=md.attempt
+                    ),
+                    hostname=hostname,
+                    log_directory=config.log_directory,
+                    runtime_handler=runtime_handler,
+                    namespaces=Namespaces(network=ns.network, pid=ns.pid, ipc=ns.ipc),
+                    netns=netns_path,
+                    ips=[],  # once CNI ADD is done
+                    cgroup_parent=cgroup_parent,
+                    own_cgroup_parent=bool(config.linux.cgroup_parent),
+                    privileged=config.linux.security_context.privileged,
+                    state=PodState.READY,
+                    config=json_format.MessageToDict(config),
+                )
                 view = self.view(record)
 
                 def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
@@ -400,10 +402,11 @@ class SandboxManager:
                     return {"ips": ips, "ns_inodes": inodes}
 
                 # Recorded running with its IPs and namespaces in one commit.
-                record = await self.runtime.start(sid, finish)
+                started = await self.runtime.start(sid, finish)
+                assert isinstance(started, Sandbox)
                 undo.pop_all()
-        log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], record.name, record.extra["ips"])
-        return record
+        log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], started.name, started.ips)
+        return started
 
     async def _sandbox_image(self) -> Any:
         images = self.ctx.images
@@ -440,27 +443,27 @@ class SandboxManager:
 
     # -- stop and remove ------------------------------------------------------
 
-    async def stop(self, ref: str) -> Container:
+    async def stop(self, ref: str) -> Sandbox:
         """Kill the pod's containers and pause process, release its network."""
         sb = self.get(ref)
         async with self._lock(sb.id):
             containers = self.store.list(kind="container", sandbox_id=sb.id)
             results = await asyncio.gather(
-                *(self.runtime.stop(c.id, 0) for c in containers if c.status == RUNNING),
+                *(self.runtime.stop(c.id, 0) for c in containers if c.status.can_stop),
                 return_exceptions=True,
             )
             for result in results:
                 if isinstance(result, BaseException) and not isinstance(result, NotFound):
                     raise result
-            sb = self.store.get(sb.id)
-            if sb.status == RUNNING:
-                sb = await self.runtime.stop(sb.id, 0)
-            netns_path = sb.extra.get("netns") or ""
-            if netns_path:
-                await self._release_network(sb.id, netns_path)
+            sb = self.store.get_as(sb.id, Sandbox)
+            if sb.status.can_stop:
+                await self.runtime.stop(sb.id, 0)
+                sb = self.store.get_as(sb.id, Sandbox)
+            if sb.netns:
+                await self._release_network(sb.id, sb.netns)
             await asyncio.to_thread(self._unmount_shm, sb.id)
-            if sb.extra.get("state") != NOTREADY or sb.extra.get("ips"):
-                sb = self.store.update(sb.id, extra={**sb.extra, "state": NOTREADY, "ips": []})
+            if sb.state is not PodState.NOTREADY or sb.ips:
+                sb = self.store.update(sb.id, state=PodState.NOTREADY, ips=[])
         return sb
 
     async def remove(self, ref: str) -> None:
@@ -481,63 +484,61 @@ class SandboxManager:
 
     # -- containers ---------------------------------------------------------
 
-    async def create_container(self, sandbox_ref: str, config: cri.ContainerConfig) -> Container:
+    async def create_container(self, sandbox_ref: str, config: cri.ContainerConfig) -> CriContainer:
         sb = self.get(sandbox_ref)
         md = config.metadata
         _check_meta(md.name, "container metadata name")
         if not config.image.image:
             raise InvalidArgument("container config has no image")
         async with self._lock(sb.id):
-            sb = self.store.get(sb.id)
+            sb = self.store.get_as(sb.id, Sandbox)
             self._require_ready(sb)
             pod = self.view(sb)
             cid = self._new_id()
-            name = container_name(md, sb.extra["metadata"])
+            name = container_name(md, sb.metadata)
             with self._reservation(name, cid):
                 image = self.ctx.images.store.get(config.image.image)
                 plan = await asyncio.to_thread(self._plan, config)
                 pid_mode = config.linux.security_context.namespace_options.pid
                 if pid_mode == TARGET:
                     plan.target_pid = self._target_pid(sb, config)
-                log_path = container_log_path(sb.extra.get("log_directory") or "", config.log_path)
+                log_path = container_log_path(sb.log_directory, config.log_path)
                 stop_signal = int(config.stop_signal)
-                record = Container(
+                record = CriContainer(
                     id=cid,
                     name=name,
-                    kind="container",
                     sandbox_id=sb.id,
                     image=config.image.image,
                     labels=dict(config.labels),
                     annotations=dict(config.annotations),
-                    extra={
-                        "metadata": {"name": md.name, "attempt": md.attempt},
-                        "image_spec": {
-                            "image": config.image.image,
-                            "annotations": dict(config.image.annotations),
-                            "user_specified_image": config.image.user_specified_image,
-                            "runtime_handler": config.image.runtime_handler,
-                        },
-                        "image_ref": image.repo_digests[0] if image.repo_digests else image.id,
-                        "image_name": status_image_name(image, config.image),
-                        "log_path": log_path,
-                        "tty": config.tty,
-                        "stdin": config.stdin,
-                        "stdin_once": config.stdin_once,
-                        "mounts": plan.status_mounts,
-                        "stop_signal": stop_signal,
-                        "image_stop_signal": "",
-                    },
+                    metadata=ContainerMetadata(name=md.name, attempt=md.attempt),
+                    image_spec=ImageSpec(
+                        image=config.image.image,
+                        annotations=dict(config.image.annotations),
+                        user_specified_image=config.image.user_specified_image,
+                        runtime_handler=config.image.runtime_handler,
+                    ),
+                    image_ref=image.repo_digests[0] if image.repo_digests else image.id,
+                    image_name=status_image_name(image, config.image),
+                    log_path=log_path,
+                    tty=config.tty,
+                    stdin=config.stdin,
+                    stdin_once=config.stdin_once,
+                    mounts=[StatusMount(**m) for m in plan.status_mounts],
+                    stop_signal=stop_signal,
+                    image_stop_signal="",
                 )
                 cgroup_v2, restrict = self.cgroup_v2, self.restrict_oom
 
                 def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
-                    record.extra["image_stop_signal"] = str(image_config.get("StopSignal") or "")
+                    record.image_stop_signal = str(image_config.get("StopSignal") or "")
                     return container_options(
                         rootfs, image_config, config, pod, plan,
                         cid=cid, cgroup_v2=cgroup_v2, restrict_oom=restrict,
                     )  # fmt: skip
 
-                return await self.runtime.create(record, build, image_ref=image.id)
+                await self.runtime.create(record, build, image_ref=image.id)
+                return record
 
     def _plan(self, config: cri.ContainerConfig) -> ContainerPlan:
         plan = ContainerPlan()
@@ -552,7 +553,7 @@ class SandboxManager:
         plan.devices, plan.device_rules = request_devices(list(config.devices))
         return plan
 
-    def _target_pid(self, sb: Container, config: cri.ContainerConfig) -> int:
+    def _target_pid(self, sb: Sandbox, config: cri.ContainerConfig) -> int:
         target_id = config.linux.security_context.namespace_options.target_id
         try:
             target = self.get_container(target_id)
@@ -560,34 +561,36 @@ class SandboxManager:
             raise NotFound(f"target container {target_id!r} not found") from None
         if target.sandbox_id != sb.id:
             raise InvalidArgument(f"target container {target_id!r} is in another pod")
-        if target.status != RUNNING:
+        if not target.status.is_running:
             raise FailedPrecondition(f"target container {target_id[:12]} is not running")
         return target.pid
 
-    async def start_container(self, ref: str) -> Container:
+    async def start_container(self, ref: str) -> CriContainer:
         c = self.get_container(ref)
         async with self._lock(c.sandbox_id):
             try:
-                sb = self.store.get(c.sandbox_id)
+                sb = self.store.get_as(c.sandbox_id, Sandbox)
             except NotFound:
                 raise FailedPrecondition(f"the pod of container {c.id[:12]} is gone") from None
             self._require_ready(sb)
-            return await self.runtime.start(c.id)
+            started = await self.runtime.start(c.id)
+            assert isinstance(started, CriContainer)
+            return started
 
     # -- restart ------------------------------------------------------------
 
     async def recover(self) -> None:
         """Release what pods that no record owns left: network, netns, files;
         give a ready pod whose run was interrupted after CNI ADD its IPs."""
-        sandboxes = self.store.list(kind="sandbox")
+        sandboxes = self.store.list_of(Sandbox)
         known = {sb.id for sb in sandboxes}
         for sb in sandboxes:
             # ADD runs alongside the pause container and its IPs are recorded
             # with the start: a crash in between leaves them in the CNI cache.
-            if is_ready(sb) and sb.extra.get("netns") and not sb.extra.get("ips"):
+            if sb.ready and sb.netns and not sb.ips:
                 net = self.cni.pod_network(sb.id)
                 if net is not None and net.ips:
-                    self.store.update(sb.id, extra={**sb.extra, "ips": list(net.ips)})
+                    self.store.update(sb.id, ips=list(net.ips))
         for pod_id in self.cni.cached_pods():
             if pod_id not in known:
                 log.warning("releasing the network of unknown pod %s", pod_id[:12])

@@ -9,20 +9,20 @@ its transaction, then to the cache. It must be the only writer of the table
 
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Any
 
 from pyctr.daemon.errors import InvalidArgument, NotFound
 from pyctr.daemon.metadata import Metadata
-from pyctr.daemon.runtime.store import ID_RE, Container, ContainerStore
+from pyctr.daemon.runtime.records import Container, copy_record
+from pyctr.daemon.runtime.store import ID_RE, ContainerStore
 
 
 class CachedStore(ContainerStore):
     """ContainerStore, answered from memory.
 
-    Callers get copies: fields, labels, annotations and the top level of
-    extra are theirs to change; the spec is shared and must be treated as
+    Callers get copies: fields, labels, annotations, lists and sub-records
+    are theirs to change; the spec is shared and must be treated as
     read-only (it is large). Changes are stored with `update`.
     """
 
@@ -105,7 +105,4 @@ def _interned(value: Any) -> Any:
     return value
 
 
-def _copy(c: Container) -> Container:
-    out = copy.copy(c)
-    out.labels, out.annotations, out.extra = dict(c.labels), dict(c.annotations), dict(c.extra)
-    return out
+_copy = copy_record

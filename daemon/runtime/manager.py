@@ -45,8 +45,10 @@ from pyctr.daemon.errors import (
 from pyctr.daemon.runtime import shim_client
 from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.cleanup import remove_orphans, remove_task_dir, unmount
+from pyctr.daemon.runtime.records import ConsoleSize, Container
 from pyctr.daemon.runtime.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
-from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING, Container, new_id
+from pyctr.daemon.runtime.states import Op, Status, require
+from pyctr.daemon.runtime.store import new_id
 from pyctr.daemon.runtime.zygote import ShimZygote
 from pyctr.daemon.spec.oci import SpecOptions, build, write_bundle_config
 from pyctr.daemon.spec.rootfs import User
@@ -158,9 +160,9 @@ class RuntimeManager:
             opts = spec_builder(rootfs, image_config)
             opts.rootfs = str(rootfs)
             record.spec = build(opts)
-            _set_console_size(record.spec["process"], record.extra.get("console_size"))
+            _set_console_size(record.spec["process"], record.console_size)
             write_bundle_config(task_dir, record.spec)
-            record.status = CREATED
+            record.status = Status.CREATED
             self.store.add(record)
         except BaseException:
             if mounted:
@@ -187,8 +189,7 @@ class RuntimeManager:
             task = self._tasks.get(cid)
             if task is not None:
                 return task.shim
-            if c.status != CREATED:
-                raise FailedPrecondition(f"container {cid[:12]} is {c.status}")
+            require(c.status, Op.CREATE_TASK, cid)
             return await self._create_task(c)
 
     async def _create_task(self, c: Container, start: bool = False) -> ShimClient:
@@ -202,7 +203,7 @@ class RuntimeManager:
             message = f"runc {runc!r} not found; install runc or set runtime.runc"
             await self._start_failed(c, message)
             raise FailedPrecondition(message)
-        log_path = c.extra.get("log_path") or ""
+        log_path = c.log_path
         if log_path:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         opts = ShimOptions(
@@ -212,8 +213,8 @@ class RuntimeManager:
             runc=self.ctx.runc_path,
             runc_root=self.runc_root,
             log_path=log_path or None,
-            tty=bool(c.extra.get("tty")),
-            stdin=bool(c.extra.get("stdin")),
+            tty=c.tty,
+            stdin=c.stdin,
             debug=self.config.runtime.shim_debug,
             start=start,
         )
@@ -228,8 +229,8 @@ class RuntimeManager:
 
     async def _start_failed(self, c: Container, message: str) -> None:
         c = self.store.update(
-            c.id, status=EXITED, exit_code=START_ERROR_EXIT, finished_at=time.time_ns(),
-            reason="StartError", message=message[:4096],
+            c.id, status=c.status.after(Op.RECORD_EXIT), exit_code=START_ERROR_EXIT,
+            finished_at=time.time_ns(), reason="StartError", message=message[:4096],
         )  # fmt: skip
         await self._release_rootfs(c)
         self._finish_exit(c)
@@ -241,15 +242,14 @@ class RuntimeManager:
     ) -> Container:
         """Start a created container.
 
-        finish: called with the running process's pid; what it returns is
-        merged into the record's `extra` in the same write as the start (one
+        finish: called with the running process's pid; it returns fields of
+        the record to store in the same write as the start (one
         metadata commit, not two). If it raises, the error propagates with
         the container running but recorded as created: the caller removes it.
         """
         async with self.lock(cid):
             c = self.store.get(cid)
-            if c.status != CREATED:
-                raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not created")
+            require(c.status, Op.START, cid)
             task = self._tasks.get(cid)
             # Stamped before `runc start`: a process that exits at once must
             # not report finishing before it started.
@@ -267,9 +267,11 @@ class RuntimeManager:
                         await self._teardown_task(c, task.shim)
                     await self._start_failed(c, str(e))
                     raise
-            fields: dict[str, Any] = {"status": RUNNING, "pid": pid, "started_at": started_at}
+            fields: dict[str, Any] = {
+                "status": c.status.after(Op.START), "pid": pid, "started_at": started_at,
+            }  # fmt: skip
             if finish is not None:
-                fields["extra"] = {**c.extra, **await finish(pid)}
+                fields.update(await finish(pid))
             c = self.store.update(cid, **fields)
         self._publish("/tasks/start", c, pid=pid)
         return c
@@ -315,7 +317,7 @@ class RuntimeManager:
                 c = self.store.get(cid)
             except NotFound:
                 return
-            already = c.status == EXITED
+            already = not c.status.may_exit
             message = ""
             if record is None:
                 # The event stream ended without an exit: the shim died.
@@ -347,8 +349,9 @@ class RuntimeManager:
         delay = 0.25
         while True:
             try:
+                c = self.store.get(cid)
                 return self.store.update(
-                    cid, status=EXITED, exit_code=record.exit_status,
+                    cid, status=c.status.after(Op.RECORD_EXIT), exit_code=record.exit_status,
                     finished_at=record.exited_at or time.time_ns(),
                     reason="Unknown" if message else exit_reason(record), message=message,
                 )  # fmt: skip
@@ -365,7 +368,7 @@ class RuntimeManager:
         event.container = c
         event.set()
         self._publish("/tasks/exit", c, exit_code=c.exit_code, reason=c.reason)
-        if c.extra.get("auto_remove"):
+        if c.auto_remove:
             self._spawn(self._auto_remove(c.id))
 
     async def _auto_remove(self, cid: str) -> None:
@@ -411,8 +414,7 @@ class RuntimeManager:
 
     async def kill(self, cid: str, sig: int, all_processes: bool = False) -> None:
         c = self.store.get(cid)
-        if c.status != RUNNING:
-            raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not running")
+        require(c.status, Op.SIGNAL, cid)
         await self._task(cid).shim.kill(sig, all=all_processes)
 
     async def wait(self, cid: str, timeout: float | None = None) -> Container:
@@ -422,7 +424,7 @@ class RuntimeManager:
         last record.
         """
         c = self.store.get(cid)
-        if c.status != RUNNING:
+        if not c.status.can(Op.WAIT):
             return c
         event = self._exit_event(cid)
         with contextlib.suppress(TimeoutError):
@@ -438,32 +440,31 @@ class RuntimeManager:
     async def stop(self, cid: str, timeout: float, sig: int = signals.SIGTERM) -> Container:
         """Signal, wait up to `timeout`, then SIGKILL everything. Idempotent."""
         c = self.store.get(cid)
-        if c.status != RUNNING or cid not in self._tasks:
+        if not c.status.can_stop or cid not in self._tasks:
             return c
         shim = self._tasks[cid].shim
         if timeout > 0:
             with contextlib.suppress(Unavailable, FailedPrecondition):
                 await shim.kill(sig)
             c = await self.wait(cid, timeout)
-            if c.status != RUNNING:
+            if not c.status.can_stop:
                 return c
         with contextlib.suppress(Unavailable, FailedPrecondition):
             await shim.kill(signals.SIGKILL, all=True)
         c = await self.wait(cid, KILL_GRACE)
-        if c.status == RUNNING:
+        if c.status.can_stop:
             raise Unavailable(f"container {cid[:12]} did not exit after SIGKILL")
         return c
 
     async def remove(self, cid: str, force: bool = False) -> None:
         c = self.store.get(cid)
-        if c.status == RUNNING:
+        if not c.status.can_remove:
             if not force:
-                raise FailedPrecondition(f"container {cid[:12]} is running; stop it first")
+                require(c.status, Op.REMOVE, cid)
             await self.stop(cid, 0)
         async with self.lock(cid):
             c = self.store.get(cid)
-            if c.status == RUNNING:  # started again while we waited for the lock
-                raise FailedPrecondition(f"container {cid[:12]} is running; stop it first")
+            require(c.status, Op.REMOVE, cid)  # started again while we waited for the lock
             task = await self._drop_task(cid)  # created, attached, never started
             if task is not None:
                 await self._teardown_task(c, task.shim)
@@ -487,7 +488,7 @@ class RuntimeManager:
 
     def _remove_own_log(self, c: Container) -> None:
         """The log file, if it is one of ours (a CRI log belongs to the kubelet)."""
-        log_path = c.extra.get("log_path") or ""
+        log_path = c.log_path
         if log_path and Path(log_path).parent == self.logs_dir:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(log_path)
@@ -503,10 +504,10 @@ class RuntimeManager:
         *,
         cwd: str | None = None,
         user: User | None = None,
-        console_size: dict[str, int] | None = None,
+        console_size: ConsoleSize | None = None,
     ) -> dict[str, Any]:
         """An exec's OCI process: the container's, with other args (and env, cwd, user,
-        initial terminal size {"width", "height"})."""
+        initial terminal size)."""
         if not args:
             raise InvalidArgument("exec needs a command")
         process = dict(c.spec.get("process") or {})
@@ -527,15 +528,13 @@ class RuntimeManager:
 
     def shim(self, cid: str) -> ShimClient:
         c = self.store.get(cid)
-        if c.status != RUNNING:
-            raise FailedPrecondition(f"container {cid[:12]} is {c.status}, not running")
+        require(c.status, Op.SIGNAL, cid)
         return self._task(cid).shim
 
     async def attach(self, cid: str) -> AttachStream:
         """The container's live stdio; on a created container this creates its task."""
         c = self.store.get(cid)
-        if c.status not in (CREATED, RUNNING):
-            raise FailedPrecondition(f"container {cid[:12]} is {c.status}; cannot attach")
+        require(c.status, Op.ATTACH, cid)
         shim = await self.create_task(cid)
         try:
             return await shim.attach()
@@ -564,19 +563,19 @@ class RuntimeManager:
     async def _recover(self, c: Container) -> None:
         task_dir = self.task_dir(c.id)
         has_runc_state = (Path(self.runc_root) / c.id).exists()
-        if c.status in (RUNNING, CREATED):
+        if c.status.may_have_shim:
             try:
                 shim = await shim_client.connect_shim(task_dir)
             except Unavailable:
                 shim = None
             if shim is not None:
-                if c.status == CREATED:
+                if c.status.can_start:
                     c = await self._catch_up_start(c, shim)
                 self._track(c, shim)  # its first event says if it exited meanwhile
                 log.info("reconnected to the shim of %s", c.id[:12])
                 return
             left = shim_client.read_exit_record(task_dir) is not None or has_runc_state
-            if c.status == RUNNING or left:
+            if c.status.is_running or left:
                 log.warning("shim of %s is gone; marking it exited", c.id[:12])
                 self._exit_event(c.id)
                 await self._on_exit(c.id, None)
@@ -592,7 +591,7 @@ class RuntimeManager:
         elif has_runc_state:
             await self._cleanup_dead_shim(c.id)
         await self._release_rootfs(c)
-        if c.extra.get("auto_remove"):
+        if c.auto_remove:
             self._spawn(self._auto_remove(c.id))
 
     async def _catch_up_start(self, c: Container, shim: ShimClient) -> Container:
@@ -602,7 +601,8 @@ class RuntimeManager:
         except Exception:
             return c
         if state.status in ("running", "paused", "stopped"):
-            return self.store.update(c.id, status=RUNNING, pid=state.pid, started_at=time.time_ns())
+            status = c.status.after(Op.START)
+            return self.store.update(c.id, status=status, pid=state.pid, started_at=time.time_ns())
         return c
 
     async def close(self) -> None:
@@ -620,7 +620,7 @@ class RuntimeManager:
             await self.zygote.close()
 
 
-def _set_console_size(process: dict[str, Any], size: dict[str, int] | None) -> None:
+def _set_console_size(process: dict[str, Any], size: ConsoleSize | None) -> None:
     """runc sizes a process's terminal before the process starts (no resize race)."""
-    if size and process.get("terminal") and size.get("width") and size.get("height"):
-        process["consoleSize"] = {"height": int(size["height"]), "width": int(size["width"])}
+    if size and process.get("terminal") and size.width and size.height:
+        process["consoleSize"] = {"height": size.height, "width": size.width}

@@ -21,7 +21,8 @@ from typing import Any
 
 from pyctr.daemon.errors import InvalidArgument
 from pyctr.daemon.runtime.manager import SpecBuilder
-from pyctr.daemon.runtime.store import Container, check_name, new_id
+from pyctr.daemon.runtime.records import BindMount, ConsoleSize, Container, NativeContainer
+from pyctr.daemon.runtime.store import check_name, new_id
 from pyctr.daemon.spec.oci import Mount, SpecOptions, merge_env, process_args
 from pyctr.daemon.spec.rootfs import UnknownUser, resolve_user
 from pyctr.proto import containers_pb2 as pb
@@ -120,31 +121,29 @@ def check_request(req: pb.ContainerCreateRequest) -> None:
         raise InvalidArgument(f"labels are larger than {MAX_LABELS_BYTES} bytes")
 
 
-def native_record(req: pb.ContainerCreateRequest, name_taken: Callable[[str], bool]) -> Container:
+def native_record(
+    req: pb.ContainerCreateRequest, name_taken: Callable[[str], bool]
+) -> NativeContainer:
     """The record of a request that passed check_request (not stored yet)."""
     cid = new_id()
-    return Container(
+    return NativeContainer(
         id=cid,
         name=req.name or generate_name(name_taken, cid),
-        kind="container",
         image=req.image,
         labels=dict(req.labels),
-        extra={
-            "native": True,
-            "tty": req.tty,
-            "stdin": req.stdin,
-            "auto_remove": req.auto_remove,
-            "network": req.network,
-            "console_size": (
-                {"width": req.size.width, "height": req.size.height}
-                if req.tty and req.HasField("size")
-                else None
-            ),
-            "mounts": [
-                {"source": m.source, "destination": m.destination, "readonly": m.readonly}
-                for m in req.mounts
-            ],
-        },
+        tty=req.tty,
+        stdin=req.stdin,
+        auto_remove=req.auto_remove,
+        network=req.network,
+        console_size=(
+            ConsoleSize(width=req.size.width, height=req.size.height)
+            if req.tty and req.HasField("size")
+            else None
+        ),
+        mounts=[
+            BindMount(source=m.source, destination=m.destination, readonly=m.readonly)
+            for m in req.mounts
+        ],
     )
 
 
@@ -196,7 +195,7 @@ def spec_builder(
         else:
             namespaces.append(("network", ""))
         # The ID is final now: the log file and cgroup are named after it.
-        record.extra["log_path"] = str(logs_dir / f"{record.id}.log")
+        record.log_path = str(logs_dir / f"{record.id}.log")
         parent = config.runtime.cgroup_parent.rstrip("/") or ""
         return SpecOptions(
             args=args,

@@ -51,5 +51,5 @@ class RuntimeBackend:
 
         # With stdin_once the container's stdin ends when the first attached
         # client closes its stdin; otherwise other clients may still type.
-        stdin_once = bool(container.extra.get("stdin_once"))
+        stdin_once = container.stdin_once
         return Started(stream, detach, close_stdin_on_eof=stdin_once, report_exit=False)

@@ -14,7 +14,9 @@ from pyctr.daemon.errors import AlreadyExists, InvalidArgument, NotFound
 from pyctr.daemon.metadata import Metadata
 from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.logs import LogReader, parse_record, parse_timestamp, tail_offset
-from pyctr.daemon.runtime.store import EXITED, Container, ContainerStore, new_id
+from pyctr.daemon.runtime.records import Container
+from pyctr.daemon.runtime.states import Status
+from pyctr.daemon.runtime.store import EXITED, ContainerStore, new_id
 from pyctr.proto import containers_pb2 as pb
 from pyctr.shim.crilog import CriLogWriter, rfc3339nano
 
@@ -144,10 +146,10 @@ def test_cached_store_answers_like_the_table(tmp_path: Path) -> None:
     updated = store.update(a.id, status=EXITED, exit_code=3)
     assert (updated.status, updated.exit_code) == (EXITED, 3)
     # A copy: assigning a field of what we got does not change the cache.
-    updated.status = "bogus"
-    updated.extra["x"], updated.labels["y"] = 1, "z"
+    updated.status = Status.UNKNOWN
+    updated.labels["y"] = "z"
     assert store.get(a.id).status == EXITED
-    assert "x" not in store.get(a.id).extra and "y" not in store.resolve("alpha").labels
+    assert "y" not in store.resolve("alpha").labels
     assert [c.name for c in store.list()] == ["alpha", "beta"]
     store.delete(b.id)
     with pytest.raises(NotFound):

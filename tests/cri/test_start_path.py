@@ -30,11 +30,13 @@ def test_a_run_interrupted_before_its_ips_were_recorded_gets_them_back(
     # it: recorded without IPs (the CNI cache still has ADD's result).
     db = sqlite3.connect(cri_env.daemon.root / "meta.db")
     try:
-        (raw,) = db.execute("SELECT extra FROM containers WHERE id = ?", (pod_id,)).fetchone()
-        extra = json.loads(raw)
-        extra["ips"] = []
+        (raw,) = db.execute("SELECT details FROM containers WHERE id = ?", (pod_id,)).fetchone()
+        details = json.loads(raw)
+        details["ips"] = []
         with db:
-            db.execute("UPDATE containers SET extra = ? WHERE id = ?", (json.dumps(extra), pod_id))
+            db.execute(
+                "UPDATE containers SET details = ? WHERE id = ?", (json.dumps(details), pod_id)
+            )
     finally:
         db.close()
     cri_env.restart(crash=True)

@@ -11,8 +11,16 @@ import pytest
 
 from pyctr.daemon.cri.convert import container_matches, container_status, pod_matches, pod_status
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.pods.manager import READY, container_log_path, resolv_conf
-from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING, Container
+from pyctr.daemon.pods.manager import container_log_path, resolv_conf
+from pyctr.daemon.runtime.records import (
+    ContainerMetadata,
+    CriContainer,
+    Namespaces,
+    PodMetadata,
+    Sandbox,
+)
+from pyctr.daemon.runtime.states import PodState, Status
+from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING
 from pyctr.daemon.spec import seccomp
 from pyctr.daemon.spec.cri import cri_resources, cri_signal, oci_resources, parse_signal
 from pyctr.daemon.spec.oci import DEFAULT_CAPABILITIES
@@ -150,19 +158,16 @@ def test_dns_and_log_paths() -> None:
             container_log_path("/var/log/pods/p", bad)
 
 
-def _pod(status: str = RUNNING, state: str = READY) -> Container:
-    return Container(
+def _pod(status: Status = RUNNING, state: PodState = PodState.READY) -> Sandbox:
+    return Sandbox(
         id="a" * 64,
         name="p_ns_uid_0",
-        kind="sandbox",
         status=status,
         labels={"app": "x"},
-        extra={
-            "metadata": {"name": "p", "namespace": "ns", "uid": "uid", "attempt": 0},
-            "state": state,
-            "ips": ["10.0.0.2", "fd00::2"],
-            "namespaces": {"network": cri.POD, "pid": cri.CONTAINER, "ipc": cri.POD},
-        },
+        metadata=PodMetadata(name="p", namespace="ns", uid="uid", attempt=0),
+        state=state,
+        ips=["10.0.0.2", "fd00::2"],
+        namespaces=Namespaces(network=cri.POD, pid=cri.CONTAINER, ipc=cri.POD),
     )
 
 
@@ -172,15 +177,15 @@ def test_record_conversion_and_filters() -> None:
     assert [ip.ip for ip in st.network.additional_ips] == ["fd00::2"]
     assert st.linux.namespaces.options.pid == cri.CONTAINER
     assert pod_status(_pod(status=EXITED)).state == cri.SANDBOX_NOTREADY
-    assert pod_status(_pod(state="notready")).state == cri.SANDBOX_NOTREADY
+    assert pod_status(_pod(state=PodState.NOTREADY)).state == cri.SANDBOX_NOTREADY
     ready = cri.PodSandboxStateValue(state=cri.SANDBOX_READY)
     assert pod_matches(_pod(), cri.PodSandboxFilter(id="aaa", state=ready))
     assert not pod_matches(_pod(), cri.PodSandboxFilter(label_selector={"app": "y"}))
 
-    c = Container(
+    c = CriContainer(
         id="b" * 64, name="c", sandbox_id="a" * 64, status=EXITED, exit_code=137,
         reason="OOMKilled", spec={"process": {"user": {"uid": 5, "gid": 6,
-        "additionalGids": [7]}}}, extra={"metadata": {"name": "c", "attempt": 2}},
+        "additionalGids": [7]}}}, metadata=ContainerMetadata(name="c", attempt=2),
     )  # fmt: skip
     s = container_status(c)
     assert (s.state, s.exit_code, s.reason) == (cri.CONTAINER_EXITED, 137, "OOMKilled")
@@ -188,7 +193,7 @@ def test_record_conversion_and_filters() -> None:
     assert (s.user.linux.uid, s.user.linux.gid, list(s.user.linux.supplemental_groups)) == (
         5, 6, [7],
     )  # fmt: skip
-    created = Container(id="c" * 64, name="d", sandbox_id="a" * 64, status=CREATED)
+    created = CriContainer(id="c" * 64, name="d", sandbox_id="a" * 64, status=CREATED)
     assert container_status(created).reason == ""
     running = cri.ContainerStateValue(state=cri.CONTAINER_RUNNING)
     assert not container_matches(c, cri.ContainerFilter(state=running))

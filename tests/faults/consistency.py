@@ -47,7 +47,7 @@ class ContainerRow:
     status: str
     pid: int
     snapshot: str
-    extra: dict[str, Any]
+    details: dict[str, Any]  # the typed record's own fields (daemon/runtime/records.py)
 
 
 def alive(pid: int) -> bool:
@@ -74,8 +74,8 @@ def query(d: PyctrDaemon, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.
 
 
 def containers(d: PyctrDaemon) -> dict[str, ContainerRow]:
-    rows = query(d, "SELECT id, name, kind, status, pid, snapshot, extra FROM containers")
-    return {r["id"]: ContainerRow(*tuple(r)[:6], json.loads(r["extra"])) for r in rows}
+    rows = query(d, "SELECT id, name, kind, status, pid, snapshot, details FROM containers")
+    return {r["id"]: ContainerRow(*tuple(r)[:6], json.loads(r["details"])) for r in rows}
 
 
 def snapshots(d: PyctrDaemon) -> dict[str, sqlite3.Row]:
@@ -229,7 +229,7 @@ def _containers(d: PyctrDaemon, snaps: dict[str, sqlite3.Row]) -> Iterator[str]:
             pod = sandboxes.get(rel[1])
             if pod is None:
                 yield f"mounts: {point} is mounted for no pod"
-            elif rel[0] == "pods" and pod.extra.get("state") == "notready":
+            elif rel[0] == "pods" and pod.details.get("state") == "notready":
                 yield f"mounts: {point} is still mounted for the stopped pod {pod.name}"
         elif point.startswith((str(d.root) + "/", str(d.state) + "/")) and not under_tasks:
             yield f"mounts: unexpected mount {point}"

@@ -19,8 +19,9 @@ import pytest
 
 from pyctr.daemon.config import Streaming
 from pyctr.daemon.errors import FailedPrecondition, NotFound
+from pyctr.daemon.runtime.records import Container
 from pyctr.daemon.runtime.shim_client import ShimClient
-from pyctr.daemon.runtime.store import RUNNING, Container
+from pyctr.daemon.runtime.states import Status
 from pyctr.daemon.streaming.backend import RuntimeBackend
 from pyctr.daemon.streaming.server import StreamingServer
 from tests.conftest import new_base, safe_rmtree
@@ -44,8 +45,9 @@ class ShimRuntime:
         await shim.start()
         opts = self.harness.options[-1]
         spec = json.loads((Path(opts.bundle) / "config.json").read_text())
-        c = Container(id=opts.id, name=name, spec=spec, status=RUNNING)
-        c.extra.update(tty=tty, stdin=stdin, **extra)
+        c = Container(id=opts.id, name=name, spec=spec, status=Status.RUNNING, tty=tty, stdin=stdin)
+        for key, value in extra.items():  # stdin_once, ...
+            setattr(c, key, value)
         self._containers[c.id] = (c, shim)
         return c
 
@@ -56,7 +58,7 @@ class ShimRuntime:
 
     def shim(self, cid: str) -> ShimClient:
         c, shim = self._containers[self.get(cid).id]
-        if c.status != RUNNING:
+        if not c.status.can_exec:
             raise FailedPrecondition(f"container {cid} is not running")
         return shim
 

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from pyctr.daemon.config import Streaming
+from pyctr.daemon.runtime.states import Status
 from pyctr.daemon.streaming.backend import RuntimeBackend
 from pyctr.daemon.streaming.requests import AttachRequest, ExecRequest
 from pyctr.daemon.streaming.server import StreamingServer
@@ -205,7 +206,7 @@ async def test_container_gone_before_the_client_comes(
 ) -> None:
     c = await runtime.run("dead", ["sleep", "1000"])
     url = server.url_for(AttachRequest(c.id, tty=False, stdin=False, stdout=True, stderr=True))
-    runtime.get(c.id).status = "exited"
+    runtime.get(c.id).status = Status.EXITED
     result = await spdy_command(url)
     assert result.status["reason"] == "InternalError"
     assert "not running" in result.status["message"]
