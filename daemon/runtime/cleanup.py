@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pyctr.daemon.runtime import shim_client
-from pyctr.daemon.runtime.store import Container
+from pyctr.daemon.runtime.records import Container
 from pyctr.snapshotter.mount import unmount_all
 
 log = logging.getLogger("pyctr.runtime")

@@ -25,12 +25,8 @@ from typing import Any
 from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.daemon.metadata import Metadata
 from pyctr.daemon.runtime.records import Container, R, from_row, from_v0, to_row
-from pyctr.daemon.runtime.states import Status
 
 log = logging.getLogger("pyctr.store")
-
-# Kept importable by these names: the stored strings of the states.
-CREATED, RUNNING, EXITED, UNKNOWN = Status.CREATED, Status.RUNNING, Status.EXITED, Status.UNKNOWN
 
 # 0: the record's shape in an untyped `extra` column (pyctr up to 149991d).
 # 1: the typed record (records.py), kind-specific fields in `details`.

@@ -16,7 +16,7 @@ from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.logs import LogReader, parse_record, parse_timestamp, tail_offset
 from pyctr.daemon.runtime.records import Container
 from pyctr.daemon.runtime.states import Status
-from pyctr.daemon.runtime.store import EXITED, ContainerStore, new_id
+from pyctr.daemon.runtime.store import ContainerStore, new_id
 from pyctr.proto import containers_pb2 as pb
 from pyctr.shim.crilog import CriLogWriter, rfc3339nano
 
@@ -143,12 +143,12 @@ def test_cached_store_answers_like_the_table(tmp_path: Path) -> None:
     store.delete(hexname.id)
     assert not store.name_taken("abc")
 
-    updated = store.update(a.id, status=EXITED, exit_code=3)
-    assert (updated.status, updated.exit_code) == (EXITED, 3)
+    updated = store.update(a.id, status=Status.EXITED, exit_code=3)
+    assert (updated.status, updated.exit_code) == (Status.EXITED, 3)
     # A copy: assigning a field of what we got does not change the cache.
     updated.status = Status.UNKNOWN
     updated.labels["y"] = "z"
-    assert store.get(a.id).status == EXITED
+    assert store.get(a.id).status == Status.EXITED
     assert "y" not in store.resolve("alpha").labels
     assert [c.name for c in store.list()] == ["alpha", "beta"]
     store.delete(b.id)
@@ -156,8 +156,8 @@ def test_cached_store_answers_like_the_table(tmp_path: Path) -> None:
         store.resolve("beta")
     # The table holds exactly what the cache says, for the next daemon.
     fresh = ContainerStore(db)
-    assert [(c.id, c.status, c.exit_code) for c in fresh.list()] == [(a.id, EXITED, 3)]
-    assert [(c.id, c.status) for c in CachedStore(db).list()] == [(a.id, EXITED)]
+    assert [(c.id, c.status, c.exit_code) for c in fresh.list()] == [(a.id, Status.EXITED, 3)]
+    assert [(c.id, c.status) for c in CachedStore(db).list()] == [(a.id, Status.EXITED)]
     db.close()
 
 

@@ -20,7 +20,6 @@ from pyctr.daemon.runtime.records import (
     Sandbox,
 )
 from pyctr.daemon.runtime.states import PodState, Status
-from pyctr.daemon.runtime.store import CREATED, EXITED, RUNNING
 from pyctr.daemon.spec import seccomp
 from pyctr.daemon.spec.cri import cri_resources, cri_signal, oci_resources, parse_signal
 from pyctr.daemon.spec.oci import DEFAULT_CAPABILITIES
@@ -156,6 +155,9 @@ def test_dns_and_log_paths() -> None:
     for bad in ("/etc/passwd", "../../x.log", "c/../../x"):
         with pytest.raises(InvalidArgument):
             container_log_path("/var/log/pods/p", bad)
+
+
+CREATED, RUNNING, EXITED = Status.CREATED, Status.RUNNING, Status.EXITED
 
 
 def _pod(status: Status = RUNNING, state: PodState = PodState.READY) -> Sandbox:
