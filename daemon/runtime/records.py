@@ -137,6 +137,9 @@ class Container:
     console_size: ConsoleSize | None = None  # the terminal's size before the first resize
     auto_remove: bool = False
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # "running" from a caller is Status.RUNNING
+
     @property
     def kind(self) -> str:
         return self.KIND
@@ -181,6 +184,10 @@ class Sandbox(Container):
     state: PodState = PodState.READY
     config: dict[str, Any] = field(default_factory=dict)  # the PodSandboxConfig, as JSON
     ns_inodes: dict[str, int] = field(default_factory=dict)  # the pause process's, at start
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.state = PodState(self.state)
 
     @property
     def ready(self) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.daemon.metadata import Metadata
-from pyctr.daemon.runtime.records import Container, R, from_row, from_v0, to_row
+from pyctr.daemon.runtime.records import COLUMNS, Container, R, from_row, from_v0, to_row
 
 log = logging.getLogger("pyctr.store")
 
@@ -141,7 +141,10 @@ class ContainerStore:
                     f"container {cid[:12]} is {old.status}; it cannot become {new.status}"
                 )
             values = to_row(new)
-            sets = ", ".join(f"{k} = :{k}" for k in values if k != "id")
+            # Only what changed: the spec (large) is encoded but not rewritten.
+            own = set(fields) - set(COLUMNS)  # fields kept in `details`
+            changed = [k for k in values if k in fields or (k == "details" and own)]
+            sets = ", ".join(f"{k} = :{k}" for k in changed) or "id = id"
             tx.execute(f"UPDATE containers SET {sets} WHERE id = :id", values)
         return new
 

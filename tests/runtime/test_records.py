@@ -159,6 +159,13 @@ def test_round_trip(record: Container) -> None:
     assert isinstance(back.status, Status)
 
 
+def test_states_given_as_strings_become_the_enums() -> None:
+    sb = Sandbox(id="5" * 64, name="s", status="running", state="notready")  # type: ignore[arg-type]
+    assert sb.status is Status.RUNNING and sb.state is PodState.NOTREADY and not sb.ready
+    with pytest.raises(ValueError):
+        Container(id="6" * 64, name="c", status="paused")  # type: ignore[arg-type]
+
+
 def test_a_record_that_does_not_fit_is_refused() -> None:
     row = to_row(_samples()[3])
     for bad in ({"ips": "10.0.0.2"}, {"state": "half"}, {"namespaces": {"pid": "x"}},
@@ -191,6 +198,7 @@ def test_store_round_trip_copies_and_state_checks(tmp_path: Path) -> None:
         cached.update("2" * 64, status=R)  # exited is final
     with pytest.raises(TypeError):
         cached.update("1" * 64, ips=[])  # not a field of a plain record
+    assert cached.update("1" * 64) == ContainerStore(db).get("1" * 64)  # nothing to change
     db.close()
 
 
