@@ -73,7 +73,13 @@ async def test_teardown_after_the_netns_is_gone(cni_env: CniEnv) -> None:
     netns.remove(pod)  # e.g. lost at reboot, or removed out of order
     await m.teardown("podgone", str(pod))
     assert cni_env.reservations() == []
-    assert veths() == []  # the veth pair died with the namespace
+    # The veth pair dies with the namespace, but the kernel tears a namespace
+    # down in a workqueue after its last reference goes: wait for it.
+    for _ in range(100):
+        if not veths():
+            break
+        await asyncio.sleep(0.05)
+    assert veths() == []
     await m.teardown("podgone", str(pod))
 
 
