@@ -82,7 +82,11 @@ class Streaming:
 @dataclass
 class Cri:
     sandbox_image: str = _opt("registry.k8s.io/pause:3.9", "image of each pod's infra container")
-    cgroup_driver: str = _opt("cgroupfs", 'cgroup driver reported to the kubelet: "cgroupfs"')
+    cgroup_driver: str = _opt(
+        "auto",
+        'cgroup driver, the kubelet\'s too: "systemd", "cgroupfs" or "auto" '
+        "(systemd when systemd is PID 1)",
+    )
     restrict_oom_score_adj: bool = _opt(
         True, "never give a container an oom_score_adj below the daemon's own"
     )
@@ -97,7 +101,11 @@ class Runtime:
     shim_zygote: bool = _opt(
         True, "fork shims from one pre-loaded process (faster start, shared memory)"
     )
-    cgroup_parent: str = _opt("/pyctr", "cgroup under which containers run outside of pods")
+    cgroup_parent: str = _opt(
+        "",
+        "cgroup for containers outside pods and pods without one: a path for cgroupfs, "
+        'a slice for systemd ("": /pyctr or pyctr.slice)',
+    )
 
 
 @dataclass
@@ -180,7 +188,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
 _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
     "snapshotter.backend": ("overlayfs", "native"),
-    "cri.cgroup_driver": ("cgroupfs",),
+    "cri.cgroup_driver": ("auto", "systemd", "cgroupfs"),
 }
 
 
@@ -195,8 +203,6 @@ def _check_choices(config: Config) -> None:
     for name in ("root", "state", "address"):
         if not getattr(config, name).startswith("/"):
             raise InvalidArgument(f"config: {name!r} must be an absolute path")
-    if not config.runtime.cgroup_parent.startswith("/"):
-        raise InvalidArgument("config: 'runtime.cgroup_parent' must start with '/'")
 
 
 def _toml_value(value: Any) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.metadata import Metadata
 
@@ -21,6 +22,7 @@ class Context:
     config_file: Path | None
     db: Metadata
     runc_path: str | None
+    cgroups: Cgroups
     started_at_ns: int = field(default_factory=time.time_ns)
     # Stores and managers, set in `main.serve` as they are built. Typed Any
     # here so this module imports none of them (the shim client stays light).

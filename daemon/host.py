@@ -13,6 +13,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyctr.daemon.cgroups import Cgroups
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,6 @@ def has_overlayfs() -> bool:
         return False
 
 
-def cgroup_version() -> str:
-    """ "v2" (unified only), "v1" (legacy) or "v1+v2" (hybrid)."""
-    root = Path("/sys/fs/cgroup")
-    if (root / "cgroup.controllers").exists():
-        return "v2"
-    if (root / "unified" / "cgroup.controllers").exists():
-        return "v1+v2"
-    return "v1" if (root / "memory").is_dir() else "none"
-
-
 def cni_configs(conf_dir: str) -> list[str]:
     try:
         names = sorted(os.listdir(conf_dir))
@@ -69,13 +63,14 @@ def cni_configs(conf_dir: str) -> list[str]:
     return [n for n in names if n.endswith((".conf", ".conflist", ".json"))]
 
 
-def features(conf_dir: str, bin_dir: str) -> list[Feature]:
+def features(conf_dir: str, bin_dir: str, cgroups: Cgroups) -> list[Feature]:
     configs = cni_configs(conf_dir)
     cni_detail = ", ".join(configs) if configs else f"no network config in {conf_dir}"
     plugins = sorted(os.listdir(bin_dir)) if os.path.isdir(bin_dir) else []
     return [
         Feature("overlayfs", "yes" if has_overlayfs() else "no"),
-        Feature("cgroup", cgroup_version()),
+        Feature("cgroup", cgroups.version),
+        Feature("cgroup-driver", cgroups.driver, cgroups.reason),
         Feature("cni", "yes" if configs else "no", cni_detail),
         Feature("cni-plugins", str(len(plugins)), bin_dir),
         Feature("arch", platform.machine()),

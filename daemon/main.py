@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pyctr.daemon import config as config_mod
 from pyctr.daemon import host
+from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.version import VERSION
@@ -130,7 +131,7 @@ def _secure_socket(path: Path, gid: int) -> None:
             os.chmod(parent, mode | 0o011)
 
 
-async def serve(cfg: Config, config_file: Path | None) -> None:
+async def serve(cfg: Config, config_file: Path | None, cgroups: Cgroups) -> None:
     from pyctr.daemon import server as server_mod
     from pyctr.daemon.context import Context
     from pyctr.daemon.events import EventBus
@@ -152,7 +153,10 @@ async def serve(cfg: Config, config_file: Path | None) -> None:
         runc_path = host.find_runc(cfg.runtime.runc)
         if runc_path is None:
             log.warning("runc %r not found: containers cannot run", cfg.runtime.runc)
-        ctx = Context(config=cfg, config_file=config_file, db=db, runc_path=runc_path)
+        log.info("cgroup %s, driver %s (%s)", cgroups.version, cgroups.driver, cgroups.reason)
+        ctx = Context(
+            config=cfg, config_file=config_file, db=db, runc_path=runc_path, cgroups=cgroups
+        )
         ctx.events = EventBus()
         images = await ImageManager.open(ctx)  # also opens the snapshotter if unset
         runtime = RuntimeManager(ctx)
@@ -237,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_mod.load(opts.config, overrides)
+        # Checked here, not at the first pod: a driver that cannot work here
+        # is a configuration error.
+        cgroups = Cgroups.resolve(cfg.cri.cgroup_driver, cfg.runtime.cgroup_parent)
     except PyctrError as e:
         print(f"pyctrd: {e}", file=sys.stderr)
         return 2
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     config_file = opts.config if opts.config.exists() else None
     try:
-        asyncio.run(serve(cfg, config_file))
+        asyncio.run(serve(cfg, config_file, cgroups))
     except StartupError as e:
         log.error("%s", e)
         return 1

@@ -38,14 +38,58 @@ def _int(path: str) -> int | None:
 
 def _keyed(path: str) -> dict[str, int]:
     """Parse `key value` lines (memory.stat, memory.events, cpu.stat, oom_control)."""
+    return parse_keyed(_read(path) or "")
+
+
+def parse_keyed(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for line in (_read(path) or "").splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(" ")
         try:
             out[key] = int(value)
         except ValueError:
             pass
     return out
+
+
+def slice_dir(name: str) -> str | None:
+    """Where systemd puts a slice: "a-b.slice" is /a.slice/a-b.slice (each
+    dash a level), "-.slice" the root. None if not a valid slice name."""
+    if name == "-.slice":
+        return ""
+    stem = name.removesuffix(".slice")
+    if stem == name or not stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
+        return None
+    if "/" in stem or "\\" in stem:
+        return None
+    parts = stem.split("-")
+    return "".join("/" + "-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def systemd_dir(cgroups_path: str) -> str | None:
+    """The cgroup runc's systemd driver makes for "slice:prefix:name": the
+    scope prefix-name.scope in that slice (or the slice itself when name is
+    one). None if cgroups_path is not in that form."""
+    parts = cgroups_path.split(":")
+    if len(parts) != 3:
+        return None
+    slice_name, prefix, name = parts
+    parent = slice_dir(slice_name or "system.slice")
+    if parent is None or not name or "/" in name or "/" in prefix:
+        return None
+    if name.endswith(".slice"):
+        return slice_dir(name)
+    return f"{parent}/{prefix}-{name}.scope" if prefix else f"{parent}/{name}.scope"
+
+
+def cgroup_dir(cgroups_path: str) -> str | None:
+    """The cgroup (path below each hierarchy's root) for an OCI cgroupsPath
+    of either driver; None when it cannot be known from the path alone."""
+    if ":" in cgroups_path:
+        return systemd_dir(cgroups_path)
+    if not cgroups_path.startswith("/") or "/../" in cgroups_path + "/":
+        return None
+    return None if "/./" in cgroups_path + "/" else cgroups_path
 
 
 class Cgroup:
@@ -109,6 +153,15 @@ class Cgroup:
         if mem:
             return _keyed(f"{mem}/memory.oom_control").get("oom_kill", 0)
         return 0
+
+    def open_memory_events(self) -> int:
+        """memory.events opened for the loop's change watch (cgroup v2), or -1."""
+        if not self.unified:
+            return -1
+        try:
+            return os.open(f"{self.unified}/memory.events", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
 
     def oom_eventfd(self) -> int:
         """An eventfd that becomes readable on OOM (cgroup v1 only), or -1."""

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # typing and collections.abc cost memory at run time
 
 _IN = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
+# What a cgroup v2 file such as memory.events reports when its content changes.
+_PRI = select.EPOLLPRI | select.EPOLLERR
 
 
 class Timer:
@@ -45,6 +47,7 @@ class Loop:
         self._epoll = select.epoll()
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
+        self._changes: dict[int, Callback] = {}
         self._registered: dict[int, int] = {}
         self._timers: list[Timer] = []
         self.stopped = False
@@ -73,14 +76,25 @@ class Loop:
         if self._writers.pop(fd, None) is not None:
             self._update(fd)
 
+    def add_change_watch(self, fd: int, callback: Callback) -> None:
+        """Call back when a kernfs file (a cgroup's memory.events) changes.
+
+        Such a file always polls readable; a change shows as EPOLLPRI until
+        the file is read again.
+        """
+        self._changes[fd] = callback
+        self._update(fd)
+
     def forget(self, fd: int) -> None:
         """Drop every callback of fd (call before closing it)."""
         self._readers.pop(fd, None)
         self._writers.pop(fd, None)
+        self._changes.pop(fd, None)
         self._update(fd)
 
     def _update(self, fd: int) -> None:
         mask = (_IN if fd in self._readers else 0) | (_OUT if fd in self._writers else 0)
+        mask |= _PRI if fd in self._changes else 0
         old = self._registered.get(fd)
         if mask == old:
             return
@@ -152,6 +166,8 @@ class Loop:
                 self._call(self._readers[fd])
             if mask & (_OUT | select.EPOLLERR | select.EPOLLHUP) and fd in self._writers:
                 self._call(self._writers[fd])
+            if mask & _PRI and fd in self._changes:
+                self._call(self._changes[fd])
         now = time.monotonic()
         while self._timers and (self._timers[0].cancelled or self._timers[0].when <= now):
             timer = heapq.heappop(self._timers)

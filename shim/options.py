@@ -9,7 +9,8 @@ import os
 
 USAGE = (
     "usage: pyctr-shim --id ID --bundle DIR --state DIR [--runc PATH] [--runc-root DIR]\n"
-    "                  [--log-path FILE] [--tty] [--stdin] [--start] [--debug] [--ready-fd N]\n"
+    "                  [--log-path FILE] [--systemd-cgroup] [--tty] [--stdin] [--start] [--debug]\n"
+    "                  [--ready-fd N]\n"
 )
 # Longest name the shim binds under its state dir; unix socket paths stop at 107 bytes.
 _LONGEST_SOCKET = "/exec-999999.sock"
@@ -31,6 +32,7 @@ class Options:
         self.stdin = False
         self.debug = False
         self.start = False  # create and start at once (`runc run --detach`)
+        self.systemd_cgroup = False  # runc --systemd-cgroup: cgroupsPath is slice:prefix:name
         self.ready_fd = -1
         self.serve = False  # internal: set on the re-exec'd, daemonized process
 
@@ -49,6 +51,7 @@ _FLAGS = {
     "--stdin": "stdin",
     "--debug": "debug",
     "--start": "start",
+    "--systemd-cgroup": "systemd_cgroup",
     "--serve": "serve",
 }
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+")

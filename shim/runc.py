@@ -132,11 +132,19 @@ def _read_all(fd: int) -> bytes:
 class Runc:
     """runc with the global flags of one shim: binary, state root, JSON log."""
 
-    def __init__(self, binary: str, root: str | None, log_path: str, debug: bool = False) -> None:
+    def __init__(
+        self,
+        binary: str,
+        root: str | None,
+        log_path: str,
+        debug: bool = False,
+        systemd_cgroup: bool = False,
+    ) -> None:
         self.binary = find_executable(binary)
         self.root = root
         self.log_path = log_path
         self.debug = debug
+        self.systemd_cgroup = systemd_cgroup
 
     def argv(self, *args: str) -> list[str]:
         argv = [self.binary, "--log", self.log_path, "--log-format", "json"]
@@ -144,6 +152,8 @@ class Runc:
             argv.append("--debug")
         if self.root:
             argv += ["--root", self.root]
+        if self.systemd_cgroup:
+            argv.append("--systemd-cgroup")
         return argv + list(args)
 
     def run(

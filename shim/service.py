@@ -14,7 +14,7 @@ import os
 import time
 
 from pyctr.shim import jsonlite
-from pyctr.shim.cgroups import Cgroup
+from pyctr.shim.cgroups import Cgroup, cgroup_dir, parse_keyed
 from pyctr.shim.crilog import CriLogWriter
 from pyctr.shim.loop import Loop
 from pyctr.shim.process import (
@@ -109,7 +109,9 @@ class Shim:
         self.loop = loop
         self.log_line = log
         self.state_dir = opts.state
-        self.runc = Runc(opts.runc, opts.runc_root, self._path(RUNC_LOG), opts.debug)
+        self.runc = Runc(
+            opts.runc, opts.runc_root, self._path(RUNC_LOG), opts.debug, opts.systemd_cgroup
+        )
         self.log = CriLogWriter(opts.log_path)
         self.status = CREATED
         self.init: Proc | None = None
@@ -135,8 +137,8 @@ class Shim:
 
         With --start, `runc run --detach` instead: one runc process instead of
         two (about 10 ms less per container). The cgroup must then be known
-        from config.json, as the process may already have exited: when its
-        cgroupsPath is not an absolute cgroupfs path, create and start.
+        from config.json, as the process may already have exited: when
+        cgroupsPath does not tell it, create and start.
         """
         opts = self.opts
         cgroup_path = _cgroups_path(opts.bundle) if opts.start else None
@@ -162,9 +164,15 @@ class Shim:
         if self.cgroup is None:
             self.cgroup = Cgroup.of_pid(pid)
             self._oom_base = self._oom_seen = self.cgroup.oom_kills()
-        self._oom_fd = self.cgroup.oom_eventfd()
+        # v2: a change watch on memory.events (read again at exit: the
+        # systemd driver's scope, and its counters, go once it is empty).
+        self._oom_fd = self.cgroup.open_memory_events()
         if self._oom_fd >= 0:
-            self.loop.add_reader(self._oom_fd, self._oom_event)
+            self.loop.add_change_watch(self._oom_fd, self._memory_events)
+        else:
+            self._oom_fd = self.cgroup.oom_eventfd()
+            if self._oom_fd >= 0:
+                self.loop.add_reader(self._oom_fd, self._oom_event)
         if run:
             self.status = RUNNING
         elif opts.start:
@@ -495,7 +503,9 @@ class Shim:
         self.log.flush(b"stdout")
         self.log.flush(b"stderr")
         if self.cgroup is not None:
-            count = self.cgroup.oom_kills()
+            if self.cgroup.unified:
+                self._memory_events()
+            count = max(self.cgroup.oom_kills(), self._oom_seen)
             proc.exit["oom_killed"] = count > self._oom_base
             # An OOM kill not announced yet (no eventfd on cgroup v2, or the
             # exit was handled first) still gets its event, before the exit's.
@@ -525,6 +535,16 @@ class Shim:
         # the counter may still show the old number: the signal is the event.
         count = max(cgroup.oom_kills(), self._oom_seen + 1)
         self._oom_check(count)
+
+    def _memory_events(self) -> None:
+        if self._oom_fd < 0 or self.cgroup is None or not self.cgroup.unified:
+            return
+        try:
+            text = os.pread(self._oom_fd, 4096, 0)  # the read also re-arms the watch
+        except OSError:  # the cgroup is gone
+            self._close_oom_fd()
+            return
+        self._oom_check(parse_keyed(text.decode("ascii", "replace")).get("oom_kill", 0))
 
     def _oom_check(self, count: int) -> None:
         if count > self._oom_seen:
@@ -646,20 +666,15 @@ class Shim:
 
 
 def _cgroups_path(bundle: str) -> str | None:
-    """config.json's linux.cgroupsPath if runc puts it at that path under every
-    hierarchy (absolute, cgroupfs driver); None otherwise."""
+    """The cgroup runc will make for config.json's linux.cgroupsPath (the same
+    path under every hierarchy, with either driver); None if unknown."""
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
             spec = jsonlite.loads(f.read().decode("utf-8", "replace"))
         path = spec["linux"]["cgroupsPath"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    # "slice:prefix:name" is the systemd driver's; ".." could leave the mount.
-    if not isinstance(path, str) or not path.startswith("/") or ":" in path:
-        return None
-    if "/../" in path + "/" or "/./" in path + "/":
-        return None
-    return path
+    return cgroup_dir(path) if isinstance(path, str) else None
 
 
 def _resize(stdio: Stdio, width: int, height: int) -> None:

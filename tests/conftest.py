@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cgroups
 from tests.support.daemon import PyctrDaemon
 from tests.support.leaks import LeakCheck, become_subreaper, mounts
 
@@ -21,42 +21,19 @@ BASE = Path(tempfile.gettempdir()) / TOKEN
 _counter = itertools.count()
 
 
-def _cgroup_parents() -> list[Path]:
-    root = Path("/sys/fs/cgroup")
-    dirs = [
-        root / c
-        for c in (
-            "cpu",
-            "cpuacct",
-            "cpuset",
-            "memory",
-            "devices",
-            "freezer",
-            "blkio",
-            "pids",
-            "systemd",
-            "unified",
-        )
-        if (root / c).is_dir()
-    ]
-    return [d / TOKEN for d in dirs]
-
-
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() == 0:
         become_subreaper()
         # The daemons' cgroup parent exists for the whole session, so the leak
         # check sees only the per-container cgroups below it.
-        for d in _cgroup_parents():
-            d.mkdir(exist_ok=True)
+        cgroups.setup_session(TOKEN)
     BASE.mkdir(mode=0o711, exist_ok=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(BASE, ignore_errors=True)
-    for d in _cgroup_parents():
-        with contextlib.suppress(OSError):
-            d.rmdir()
+    if os.geteuid() == 0:
+        cgroups.teardown_session(TOKEN)
 
 
 @pytest.fixture(scope="session")

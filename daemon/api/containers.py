@@ -119,7 +119,9 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         if self.store.name_taken(record.name):  # refuse before preparing anything
             raise AlreadyExists(f"name {record.name!r} is in use")
         rt = self.runtime
-        return await rt.create(record, spec_builder(request, record, rt.config, rt.logs_dir))
+        return await rt.create(
+            record, spec_builder(request, record, rt.config, rt.logs_dir, rt.ctx.cgroups)
+        )
 
     async def Create(  # noqa: N802 (gRPC method names)
         self, request: pb.ContainerCreateRequest, context: grpc.aio.ServicerContext

@@ -43,7 +43,7 @@ class SystemService(system_pb2_grpc.SystemServicer):
             kernel=platform.release(),
             features=[
                 pb.Feature(name=f.name, value=f.value, detail=f.detail)
-                for f in host.features(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir)
+                for f in host.features(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, self.ctx.cgroups)
             ],
             pid=os.getpid(),
             started_at=self.ctx.started_at_ns,

@@ -139,7 +139,7 @@ class ContainerRpcs:
         c = sandboxes.get_container(request.container_id)
         if not request.HasField("linux"):
             return cri.UpdateContainerResourcesResponse()
-        new = oci_resources(request.linux, sandboxes.cgroup_v2)
+        new = oci_resources(request.linux, self.ctx.cgroups.v2)
         runtime = self.ctx.runtime
         async with runtime.lock(c.id):
             c = runtime.store.get_as(c.id, CriContainer)

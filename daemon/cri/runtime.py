@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import grpc
 
-from pyctr.daemon import host
 from pyctr.daemon.context import Context
 from pyctr.daemon.cri.containers import ContainerRpcs
 from pyctr.daemon.cri.sandbox import SandboxRpcs
@@ -61,7 +60,11 @@ class RuntimeRpcs:
             import json
 
             info["config"] = json.dumps(
-                {"runc": self.ctx.runc_path, "cgroup": host.cgroup_version()}
+                {
+                    "runc": self.ctx.runc_path,
+                    "cgroup": self.ctx.cgroups.version,
+                    "cgroupDriver": self.ctx.cgroups.driver,
+                }
             )
         return cri.StatusResponse(
             status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),

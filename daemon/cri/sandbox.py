@@ -107,7 +107,7 @@ class SandboxRpcs:
     async def RuntimeConfig(  # noqa: N802
         self, request: cri.RuntimeConfigRequest, context: grpc.aio.ServicerContext
     ) -> cri.RuntimeConfigResponse:
-        driver = cri.SYSTEMD if self.ctx.config.cri.cgroup_driver == "systemd" else cri.CGROUPFS
+        driver = cri.SYSTEMD if self.ctx.cgroups.systemd else cri.CGROUPFS
         return cri.RuntimeConfigResponse(
             linux=cri.LinuxRuntimeConfiguration(cgroup_driver=driver)  # type: ignore[arg-type]
         )

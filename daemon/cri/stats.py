@@ -23,7 +23,6 @@ from typing import Any
 
 import grpc
 
-from pyctr.daemon import host
 from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
@@ -57,15 +56,17 @@ def net_dev(pid: int) -> dict[str, tuple[int, int, int, int]]:
 class StatsCollector:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.v2 = host.cgroup_version() == "v2"
+        self.cgroups = ctx.cgroups
         self.mountpoint = str(ctx.config.root_dir)
         self._cpu: dict[str, tuple[int, int]] = {}  # id -> (timestamp, usage ns)
 
     def cgroup(self, path: str) -> Cgroup:
-        path = "/" + path.strip("/")
-        if self.v2:
-            return Cgroup({}, CGROUP_ROOT + path)
-        dirs = {name: f"{CGROUP_ROOT}/{name}{path}" for name in ("cpuacct", "memory", "pids")}
+        """The cgroup of a cgroupsPath or cgroup parent, as the driver names it."""
+        found = self.cgroups.directory(path)
+        d = "/" + (found or "/nonexistent").strip("/")
+        if self.cgroups.v2:
+            return Cgroup({}, CGROUP_ROOT + d)
+        dirs = {name: f"{CGROUP_ROOT}/{name}{d}" for name in ("cpuacct", "memory", "pids")}
         return Cgroup(dirs, None)
 
     def raw(self, path: str) -> dict[str, int | None]:

@@ -44,7 +44,6 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from pyctr.daemon import host
 from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.daemon.images.reference import parse
 from pyctr.daemon.pods import netns
@@ -83,7 +82,6 @@ log = logging.getLogger("pyctr.sandbox")
 RUNTIME_HANDLERS = ("", "runc")
 _META_RE = re.compile(r"^[^\x00-\x1f/]{1,253}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]{0,62})$")
-_CGROUP_RE = re.compile(r"^(/[A-Za-z0-9_.:@\-]+)+$")
 _DNS_TOKEN = re.compile(r"^[^\s#;]{1,253}$")
 _HOSTS_BASE = """127.0.0.1\tlocalhost
 ::1\tlocalhost ip6-localhost ip6-loopback
@@ -192,7 +190,7 @@ class SandboxManager:
         self.cni = CniManager(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, cfg.root_dir / "cni")
         self.pods_dir = cfg.state_dir / "pods"
         self.netns_dir = cfg.state_dir / "netns"
-        self.cgroup_v2 = host.cgroup_version() == "v2"
+        self.cgroups = ctx.cgroups
         self.restrict_oom = cfg.cri.restrict_oom_score_adj
         self.pod_cidr = ""  # from UpdateRuntimeConfig; informational
         self._reserved: dict[str, str] = {}
@@ -317,9 +315,9 @@ class SandboxManager:
         hostname = config.hostname or (socket.gethostname() if host_network else md.name[:63])
         if not _HOSTNAME_RE.match(hostname):
             raise InvalidArgument(f"invalid hostname {hostname[:80]!r}")
-        cgroup_parent = config.linux.cgroup_parent or self.ctx.config.runtime.cgroup_parent
-        if not _CGROUP_RE.match(cgroup_parent) or "/../" in cgroup_parent + "/":
-            raise InvalidArgument(f"invalid cgroup_parent {cgroup_parent[:200]!r}")
+        cgroup_parent = self.cgroups.check_parent(
+            config.linux.cgroup_parent or self.cgroups.default_parent
+        )
         resolv = resolv_conf(config.dns_config)
         if config.log_directory and not os.path.isabs(config.log_directory):
             raise InvalidArgument(f"log_directory {config.log_directory[:200]!r} is not absolute")
@@ -385,8 +383,9 @@ class SandboxManager:
 
                 def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
                     return sandbox_options(
-                        rootfs, image_config, config, view, restrict_oom=self.restrict_oom
-                    )
+                        rootfs, image_config, config, view,
+                        cgroups=self.cgroups, restrict_oom=self.restrict_oom,
+                    )  # fmt: skip
 
                 await self.runtime.create(record, build, image_ref=image.id)
                 undo.push_async_callback(self._remove_record, sid)
@@ -528,13 +527,13 @@ class SandboxManager:
                     stop_signal=stop_signal,
                     image_stop_signal="",
                 )
-                cgroup_v2, restrict = self.cgroup_v2, self.restrict_oom
+                cgroups, restrict = self.cgroups, self.restrict_oom
 
                 def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
                     record.image_stop_signal = str(image_config.get("StopSignal") or "")
                     return container_options(
                         rootfs, image_config, config, pod, plan,
-                        cid=cid, cgroup_v2=cgroup_v2, restrict_oom=restrict,
+                        cid=cid, cgroups=cgroups, restrict_oom=restrict,
                     )  # fmt: skip
 
                 await self.runtime.create(record, build, image_ref=image.id)

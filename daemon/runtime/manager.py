@@ -217,6 +217,7 @@ class RuntimeManager:
             stdin=c.stdin,
             debug=self.config.runtime.shim_debug,
             start=start,
+            systemd_cgroup=self.ctx.cgroups.systemd,
         )
         try:
             shim = await shim_client.spawn_shim(opts, zygote=self.zygote)
@@ -381,7 +382,11 @@ class RuntimeManager:
 
     async def _cleanup_dead_shim(self, cid: str) -> ExitRecord:
         return await shim_client.cleanup_dead_shim(
-            self.task_dir(cid), cid, runc=self._runc(), runc_root=self.runc_root
+            self.task_dir(cid),
+            cid,
+            runc=self._runc(),
+            runc_root=self.runc_root,
+            systemd_cgroup=self.ctx.cgroups.systemd,
         )
 
     async def _teardown_task(self, c: Container, shim: ShimClient) -> None:

@@ -101,6 +101,7 @@ class ShimOptions:
     stdin: bool = False
     debug: bool = False
     start: bool = False  # start the container too (one `runc run`): spawn returns it running
+    systemd_cgroup: bool = False  # runc's systemd cgroup driver (cgroupsPath slice:prefix:name)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,12 @@ def shim_args(opts: ShimOptions) -> list[str]:
         cmd += ["--runc-root", opts.runc_root]
     if opts.log_path:
         cmd += ["--log-path", opts.log_path]
-    flags = (("--tty", opts.tty), ("--stdin", opts.stdin), ("--start", opts.start))
+    flags = (
+        ("--tty", opts.tty),
+        ("--stdin", opts.stdin),
+        ("--start", opts.start),
+        ("--systemd-cgroup", opts.systemd_cgroup),
+    )
     cmd += [flag for flag, on in flags if on]
     if opts.debug:
         cmd.append("--debug")
@@ -378,7 +384,7 @@ async def _abandon(opts: ShimOptions) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    await _runc_delete(opts.id, opts.runc, opts.runc_root)
+    await _runc_delete(opts.id, opts.runc, opts.runc_root, opts.systemd_cgroup)
 
 
 async def connect_shim(state_dir: str | Path, *, timeout: float = 5.0) -> ShimClient:
@@ -416,6 +422,7 @@ async def cleanup_dead_shim(
     *,
     runc: str = "runc",
     runc_root: str | None = None,
+    systemd_cgroup: bool = False,
 ) -> ExitRecord:
     """After a shim died: kill what is left, remove runc's state, return the exit.
 
@@ -429,7 +436,7 @@ async def cleanup_dead_shim(
     if pid is not None:  # alive but not answering: it must not race us
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    await _runc_delete(container_id, runc, runc_root)
+    await _runc_delete(container_id, runc, runc_root, systemd_cgroup)
     record = read_exit_record(state)
     if record is None:
         record = ExitRecord(pid=0, exit_status=255, signal=0, exited_at=time.time_ns())
@@ -441,8 +448,12 @@ async def cleanup_dead_shim(
     return record
 
 
-async def _runc_delete(container_id: str, runc: str, runc_root: str | None) -> None:
-    argv = [runc] + (["--root", runc_root] if runc_root else []) + ["delete", "--force"]
+async def _runc_delete(
+    container_id: str, runc: str, runc_root: str | None, systemd_cgroup: bool = False
+) -> None:
+    argv = [runc] + (["--root", runc_root] if runc_root else [])
+    argv += ["--systemd-cgroup"] if systemd_cgroup else []
+    argv += ["delete", "--force"]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         container_id,

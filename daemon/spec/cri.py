@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument
 from pyctr.daemon.spec import seccomp
 from pyctr.daemon.spec.oci import Mount, SpecOptions, capability_set, merge_env, process_args
@@ -402,7 +403,7 @@ def container_options(
     plan: ContainerPlan,
     *,
     cid: str,
-    cgroup_v2: bool,
+    cgroups: Cgroups,
     restrict_oom: bool,
 ) -> SpecOptions:
     """Spec options for one container of `pod` (its rootfs is mounted at `rootfs`)."""
@@ -453,14 +454,13 @@ def container_options(
     if "/dev/shm" not in taken:
         shm = "/dev/shm" if pod.host_ipc else str(pod.files / "shm")
         mounts.append(Mount("/dev/shm", shm, "bind", ["rbind", "rprivate", "rw"]))
-    resources = oci_resources(linux.resources, cgroup_v2)
+    resources = oci_resources(linux.resources, cgroups.v2)
     devices = list(plan.devices)
     if sc.privileged:
         known = {d["path"] for d in devices}
         devices += [d for d in host_devices() if d["path"] not in known]
     elif plan.device_rules:
         resources["devices"] = [{"allow": False, "access": "rwm"}, *plan.device_rules]
-    parent = pod.cgroup_parent.rstrip("/")
     cwd = config.working_dir or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
         raise InvalidArgument(f"working_dir {cwd[:200]!r} must be an absolute path")
@@ -479,7 +479,7 @@ def container_options(
         no_new_privileges=sc.no_new_privs,
         masked_paths=list(sc.masked_paths) or None,
         readonly_paths=list(sc.readonly_paths) or None,
-        cgroups_path=f"{parent}/{cid}",
+        cgroups_path=cgroups.cgroups_path(pod.cgroup_parent, cid),
         resources=resources,
         oom_score_adj=linux.resources.oom_score_adj if linux.HasField("resources") else None,
         restrict_oom_score_adj=restrict_oom,
@@ -508,6 +508,7 @@ def sandbox_options(
     config: cri.PodSandboxConfig,
     pod: PodView,
     *,
+    cgroups: Cgroups,
     restrict_oom: bool,
 ) -> SpecOptions:
     """Spec options for the pod's pause process, which holds its namespaces."""
@@ -538,7 +539,6 @@ def sandbox_options(
     mounts = []
     if not pod.host_ipc:
         mounts.append(Mount("/dev/shm", str(pod.files / "shm"), "bind", ["rbind", "rprivate"]))
-    parent = pod.cgroup_parent.rstrip("/")
     return SpecOptions(
         args=args,
         env=merge_env(list(image_config.get("Env") or []), []),
@@ -550,7 +550,7 @@ def sandbox_options(
         mounts=mounts,
         privileged=sc.privileged,
         no_new_privileges=True,
-        cgroups_path=f"{parent}/{pod.id}",
+        cgroups_path=cgroups.cgroups_path(pod.cgroup_parent, pod.id),
         # The pause process should be the last the OOM killer picks.
         oom_score_adj=-998,
         restrict_oom_score_adj=restrict_oom,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.errors import InvalidArgument
 from pyctr.daemon.runtime.manager import SpecBuilder
 from pyctr.daemon.runtime.records import BindMount, ConsoleSize, Container, NativeContainer
@@ -157,7 +158,11 @@ def _host_network_mounts() -> list[Mount]:
 
 
 def spec_builder(
-    req: pb.ContainerCreateRequest, record: Container, config: Any, logs_dir: Path
+    req: pb.ContainerCreateRequest,
+    record: Container,
+    config: Any,
+    logs_dir: Path,
+    cgroups: Cgroups,
 ) -> SpecBuilder:
     """The SpecBuilder the runtime manager calls with the mounted rootfs."""
 
@@ -196,7 +201,6 @@ def spec_builder(
             namespaces.append(("network", ""))
         # The ID is final now: the log file and cgroup are named after it.
         record.log_path = str(logs_dir / f"{record.id}.log")
-        parent = config.runtime.cgroup_parent.rstrip("/") or ""
         return SpecOptions(
             args=args,
             env=merge_env(list(image.get("Env") or []), extra_env),
@@ -207,7 +211,7 @@ def spec_builder(
             readonly_rootfs=req.readonly_rootfs,
             namespaces=namespaces,
             mounts=mounts,
-            cgroups_path=f"{parent}/{record.id}",
+            cgroups_path=cgroups.cgroups_path(cgroups.default_parent, record.id),
             restrict_oom_score_adj=config.cri.restrict_oom_score_adj,
             annotations={"io.pyctr.container.name": record.name},
         )

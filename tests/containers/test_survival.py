@@ -18,6 +18,7 @@ import pytest
 
 from pyctr.proto import containers_pb2 as pb
 from tests.containers.conftest import Ctr, wait_for
+from tests.support import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -99,7 +100,8 @@ def test_a_shim_killed_with_sigkill_is_reported_and_cleaned_up(ctr: Ctr) -> None
     c = ctr.run(["sleep", "600"], name="victim")
     task = _task_dir(ctr, c.id)
     shim_pid = int((task / "shim.pid").read_text())
-    cgroup = Path("/sys/fs/cgroup/pids") / ctr.d.base.parent.name / c.id
+    token = ctr.d.base.parent.name
+    cgroup = cgroups.dirs(cgroups.container_path(cgroups.session_parent(token), c.id))[-1]
     assert _alive(shim_pid) and _alive(c.pid) and cgroup.is_dir()
     os.kill(shim_pid, signal.SIGKILL)
 

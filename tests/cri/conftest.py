@@ -34,6 +34,7 @@ from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
 from tests.conftest import TOKEN, new_base, safe_rmtree
+from tests.support import cgroups
 from tests.support.daemon import PyctrDaemon, dump_toml
 from tests.support.images import build_image, busybox_layer, files_layer, push
 from tests.support.leaks import LeakCheck
@@ -43,7 +44,6 @@ BB = "/bin/busybox"
 PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 SLEEPER = [BB, "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 CNI_BIN = "/usr/lib/cni"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 APP_PASSWD = b"""root:x:0:0:root:/root:/bin/sh
 app:x:1000:1000:app:/home/app:/bin/sh
@@ -265,7 +265,7 @@ class Kubelet:
     ) -> cri.PodSandboxConfig:
         uid = uid or uuid.uuid4().hex
         log_dir = self.env.base / "logs" / f"default_{name}_{uid}"
-        cgroup = f"/{TOKEN}/pod{uid[:12]}"
+        cgroup = cgroups.pod_parent(TOKEN, uid[:12])
         if cgroup not in self.cgroups:
             self.cgroups.append(cgroup)
         return cri.PodSandboxConfig(
@@ -376,32 +376,8 @@ class Kubelet:
             with contextlib.suppress(grpc.RpcError):
                 self.remove_pod(pod_id)
         self.pods.clear()
-        remove_cgroups(self.cgroups)
+        cgroups.remove_pod_cgroups(self.cgroups)
         self.cgroups.clear()
-
-
-def cgroup_dirs(path: str) -> list[Path]:
-    """The dirs of cgroup `path` in every mounted hierarchy."""
-    out = []
-    for controller in sorted(os.listdir(CGROUP_ROOT)):
-        base = CGROUP_ROOT / controller
-        if base.is_dir() and not base.is_symlink():
-            out.append(base / path.strip("/"))
-    return out
-
-
-def remove_cgroups(paths: list[str]) -> None:
-    """What the kubelet does after a pod is gone: remove its pod cgroup."""
-    for path in paths:
-        for d in cgroup_dirs(path):
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
 
 
 @pytest.fixture

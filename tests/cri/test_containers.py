@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from pyctr.proto import cri_pb2 as cri
-from tests.cri.conftest import BB, CGROUP_ROOT, CriEnv, Kubelet, code_of
+from tests.cri.conftest import BB, CriEnv, Kubelet, code_of
+from tests.support import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -24,10 +25,9 @@ def pod(kube: Kubelet) -> tuple[str, cri.PodSandboxConfig]:
     return kube.run_pod(config), config
 
 
-def cgroup_file(kube: Kubelet, cid: str, controller: str, name: str) -> str:
+def cgroups_path(kube: Kubelet, cid: str) -> str:
     info = json.loads(kube_info(kube, cid))
-    path = info["runtimeSpec"]["linux"]["cgroupsPath"].strip("/")
-    return (CGROUP_ROOT / controller / path / name).read_text().strip()
+    return str(info["runtimeSpec"]["linux"]["cgroupsPath"])
 
 
 def kube_info(kube: Kubelet, cid: str) -> str:
@@ -63,8 +63,16 @@ def test_resources_applied_and_updated_live(
         memory_limit_in_bytes=64 * MiB, cpu_shares=256, oom_score_adj=500
     )
     cid = kube.run(pod_id, config, "limited", resources=limits)
-    assert cgroup_file(kube, cid, "memory", "memory.limit_in_bytes") == str(64 * MiB)
-    assert cgroup_file(kube, cid, "cpu", "cpu.shares") == "256"
+    path = cgroups_path(kube, cid)
+    # The driver's own spelling, under the pod's parent.
+    if cgroups.SYSTEMD:
+        assert path == f"{config.linux.cgroup_parent}:pyctr:{cid}"
+        assert cgroups.directory(path).endswith(f"/{config.linux.cgroup_parent}/pyctr-{cid}.scope")
+        assert f"pyctr-{cid}.scope" in cgroups.units()
+    else:
+        assert path == f"{config.linux.cgroup_parent}/{cid}"
+    assert cgroups.memory_limit(path) == 64 * MiB
+    assert cgroups.cpu_weight(path) == cgroups.shares_to_weight(256)
     pid = json.loads(kube_info(kube, cid))["pid"]
     assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "500"
 
@@ -74,9 +82,9 @@ def test_resources_applied_and_updated_live(
     kube.rt.UpdateContainerResources(
         cri.UpdateContainerResourcesRequest(container_id=cid, linux=update), timeout=30
     )
-    assert cgroup_file(kube, cid, "memory", "memory.limit_in_bytes") == str(128 * MiB)
-    assert cgroup_file(kube, cid, "cpu", "cpu.shares") == "512"
-    assert cgroup_file(kube, cid, "cpu", "cpu.cfs_quota_us") == "50000"
+    assert cgroups.memory_limit(path) == 128 * MiB
+    assert cgroups.cpu_weight(path) == cgroups.shares_to_weight(512)
+    assert cgroups.cpu_quota(path) == (50000, 100000)
     res = kube.status(cid).resources.linux
     assert (res.memory_limit_in_bytes, res.cpu_shares, res.cpu_quota) == (128 * MiB, 512, 50000)
 
@@ -95,7 +103,7 @@ def test_resources_applied_and_updated_live(
         cri.UpdateContainerResourcesRequest(container_id=created, linux=small), timeout=30
     )
     kube.start(created)
-    assert cgroup_file(kube, created, "memory", "memory.limit_in_bytes") == str(48 * MiB)
+    assert cgroups.memory_limit(cgroups_path(kube, created)) == 48 * MiB
 
     bad = cri.LinuxContainerResources(memory_limit_in_bytes=-1)
     with pytest.raises(grpc.RpcError) as e:

@@ -19,11 +19,9 @@ import contextlib
 import os
 import random
 import tarfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +30,7 @@ import pytest
 from pyctr.proto import containers_pb2 as pb
 from pyctr.proto import containers_pb2_grpc, cri_pb2, cri_pb2_grpc, images_pb2, images_pb2_grpc
 from tests.conftest import TOKEN
+from tests.support import cgroups
 from tests.support.daemon import PyctrDaemon
 from tests.support.images import (
     BUSYBOX,
@@ -225,7 +224,7 @@ class Pods:
 
     def config(self, name: str, log_dir: str = "") -> cri_pb2.PodSandboxConfig:
         uid = uuid.uuid4().hex
-        cgroup = f"/{TOKEN}/pod{uid[:12]}"
+        cgroup = cgroups.pod_parent(TOKEN, uid[:12])
         self.cgroups.append(cgroup)
         return cri_pb2.PodSandboxConfig(
             metadata=cri_pb2.PodSandboxMetadata(name=name, uid=uid, namespace="faults"),
@@ -284,25 +283,7 @@ class Pods:
             for pod_id in list(self.pods):
                 with contextlib.suppress(grpc.RpcError):
                     self.remove(pod_id)
-        remove_pod_cgroups(self.cgroups)
-
-
-def remove_pod_cgroups(paths: list[str]) -> None:
-    """What the kubelet does once a pod is gone: remove its pod cgroup."""
-    root = Path("/sys/fs/cgroup")
-    for path in paths:
-        for controller in os.listdir(root):
-            d = root / controller / path.strip("/")
-            if not d.is_dir() or (root / controller).is_symlink():
-                continue
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        cgroups.remove_pod_cgroups(self.cgroups)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from pyctr.proto import cri_pb2
 from tests.conftest import TOKEN, new_base, safe_rmtree
 from tests.faults.conftest import FaultImages
 from tests.faults.protofuzz import messages
+from tests.support import cgroups
 from tests.support.daemon import PyctrDaemon, dump_toml
 from tests.support.leaks import LeakCheck
 
@@ -215,7 +216,7 @@ def real_pod(fault_images: FaultImages, leak_check: LeakCheck) -> Iterator[tuple
     d = PyctrDaemon(base, dump_toml(config)).start()
     f = Fuzz(d)
     pod_id = ""
-    cgroup = f"/{TOKEN}/podfuzz"
+    cgroup = cgroups.pod_parent(TOKEN, "fuzz")
     try:
         f.channel.unary_unary(
             "/runtime.v1.ImageService/PullImage",
@@ -248,9 +249,7 @@ def real_pod(fault_images: FaultImages, leak_check: LeakCheck) -> Iterator[tuple
                 )
         f.channel.close()
         d.stop()
-        from tests.cri.conftest import remove_cgroups
-
-        remove_cgroups([cgroup])
+        cgroups.remove_pod_cgroups([cgroup])
         safe_rmtree(base)
 
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from pyctr.daemon import config
+from pyctr.daemon.cgroups import systemd_booted
 from pyctr.proto import cri_pb2, cri_pb2_grpc
 from tests.support.daemon import PyctrDaemon
 
@@ -101,7 +102,8 @@ def test_config_default_is_complete_toml() -> None:
         ),
         ("[cri.cni]\nconf_dir = 3\n", "'cri.cni.conf_dir' must be str"),
         ("[registry\n", "config file"),
-        ("[cri]\ncgroup_driver = 'systemd'\n", "'cri.cgroup_driver' must be \"cgroupfs\""),
+        ("[cri]\ncgroup_driver = 'v2'\n", "'cri.cgroup_driver' must be \"auto\" or \"systemd\" or"),
+        ("[runtime]\ncgroup_parent = 'pyctr'\n", "runtime.cgroup_parent: cgroup parent 'pyctr'"),
         ("[snapshotter]\nbackend = 'zfs'\n", "'snapshotter.backend' must be"),
         ("address = 'x.sock'\n", "'address' must be an absolute path"),
     ],
@@ -113,6 +115,18 @@ def test_bad_config_is_refused_with_its_key(tmp_path: Path, text: str, message: 
     assert proc.returncode == 2
     assert message in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_systemd_driver_needs_systemd_as_pid_1(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[cri]\ncgroup_driver = 'systemd'\n")
+    proc = pyctrd_cmd("--config", str(path), "--root", str(tmp_path / "r"), "config", "dump")
+    if systemd_booted():
+        assert proc.returncode == 0, proc.stderr
+        assert 'cgroup_driver = "systemd"' in proc.stdout
+    else:
+        assert proc.returncode == 2
+        assert 'cri.cgroup_driver is "systemd" but systemd is not PID 1' in proc.stderr
 
 
 def test_config_file_and_flags(tmp_path: Path) -> None:

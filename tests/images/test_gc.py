@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.context import Context
 from pyctr.daemon.errors import NotFound
@@ -25,7 +26,8 @@ async def manager(tmp_path: Path) -> AsyncIterator[ImageManager]:
     cfg = Config(root=str(tmp_path / "root"), state=str(tmp_path / "state"))
     cfg.registry.timeout = 5.0
     db = Metadata(tmp_path / "root" / "meta.db")
-    ctx = Context(config=cfg, config_file=None, db=db, runc_path=None)
+    cgroups = Cgroups.resolve("cgroupfs")
+    ctx = Context(config=cfg, config_file=None, db=db, runc_path=None, cgroups=cgroups)
     m = await ImageManager.open(ctx)
     try:
         yield m

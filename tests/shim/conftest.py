@@ -23,6 +23,7 @@ from pyctr.daemon.runtime.shim_client import (
 )
 from tests.conftest import TOKEN, new_base, safe_rmtree
 from tests.shim.bundle import write_bundle
+from tests.support import cgroups
 
 RUNC = shutil.which("runc") or "runc"
 CGROUP_PARENT = "pyctr-test"
@@ -80,8 +81,7 @@ class Harness:
         return f"/{CGROUP_PARENT}/{TOKEN}-{name}"
 
     def cgroup_dirs(self, name: str) -> list[Path]:
-        leaf = f"{CGROUP_PARENT}/{TOKEN}-{name}"
-        return [p for p in Path("/sys/fs/cgroup").glob(f"*/{leaf}") if p.is_dir()]
+        return [p for p in cgroups.dirs(self.cgroup_path(name)) if p.is_dir()]
 
     def options_for(
         self,
@@ -166,6 +166,6 @@ async def harness() -> Any:
 def _cgroup_parent() -> Iterator[None]:
     yield
     # runc makes the shared parent; remove it when the tests leave it empty.
-    for parent in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"):
+    for parent in cgroups.dirs(f"/{CGROUP_PARENT}"):
         with contextlib.suppress(OSError):
             parent.rmdir()

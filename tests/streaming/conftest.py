@@ -26,6 +26,7 @@ from pyctr.daemon.streaming.backend import RuntimeBackend
 from pyctr.daemon.streaming.server import StreamingServer
 from tests.conftest import new_base, safe_rmtree
 from tests.shim.conftest import CGROUP_PARENT, Harness
+from tests.support import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -94,6 +95,6 @@ async def server(runtime: ShimRuntime) -> AsyncIterator[StreamingServer]:
 @pytest.fixture(scope="session", autouse=True)
 def _cgroup_parent() -> Any:
     yield
-    for parent in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"):
+    for parent in cgroups.dirs(f"/{CGROUP_PARENT}"):
         with contextlib.suppress(OSError):
             parent.rmdir()

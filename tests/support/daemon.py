@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from tests.support import cgroups
+
 
 def dump_toml(data: dict[str, Any], table: str = "") -> str:
     """Enough TOML for test configs: tables, strings, numbers, bools, lists."""
@@ -56,8 +58,11 @@ class PyctrDaemon:
         self.config_path = base / "config.toml"
         self.log_path = base / "pyctrd.log"
         config = tomllib.loads(config_toml)
-        # Containers' cgroups go under the session's token, where the leak check looks.
-        config.setdefault("runtime", {}).setdefault("cgroup_parent", f"/{base.parent.name}")
+        # Containers' cgroups go under the session's token, where the leak check
+        # looks, with the driver the session tests (see tests/support/cgroups.py).
+        token = base.parent.name
+        config.setdefault("runtime", {}).setdefault("cgroup_parent", cgroups.session_parent(token))
+        config.setdefault("cri", {}).setdefault("cgroup_driver", cgroups.DRIVER)
         self.config_path.write_text(dump_toml(config))
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None

@@ -9,7 +9,8 @@ cleaned up so one failure does not cascade.
 
 Mounts, netns and cgroups are scoped by the session's token (the base temp
 dir name, which the daemon fixture also uses as cgroup parent), so other
-work on a shared machine does not trip the check.
+work on a shared machine does not trip the check. Where systemd is PID 1,
+systemd units named pyctr-* (scopes, slices, failed ones too) count as well.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support import cgroups as test_cgroups
 
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -97,15 +100,12 @@ def cgroups(token: str) -> set[str]:
     out: set[str] = set()
     if not CGROUP_ROOT.is_dir():
         return out
-    for controller in os.listdir(CGROUP_ROOT):
-        base = CGROUP_ROOT / controller
-        if not base.is_dir() or base.is_symlink():
-            continue
+    for base in test_cgroups.hierarchies():
         for dirpath, dirnames, _ in os.walk(base):
             depth = dirpath[len(str(base)) :].count("/")
             if token in dirpath[len(str(base)) :]:
                 out.add(dirpath)  # the token's dir and everything below it
-            elif depth >= 3:
+            elif depth >= 4:  # a systemd session slice is /pyctr.slice/<token>.slice
                 dirnames[:] = []
     return out
 
@@ -116,6 +116,7 @@ class Snapshot:
     mounts: set[str] = field(default_factory=set)
     netns: set[str] = field(default_factory=set)
     cgroups: set[str] = field(default_factory=set)
+    units: set[str] = field(default_factory=set)
 
 
 class LeakCheck:
@@ -133,6 +134,7 @@ class LeakCheck:
             mounts=mounts(self.scopes),
             netns=netns(self.token),
             cgroups=cgroups(self.token),
+            units=test_cgroups.units(),
         )
 
     def allowed(self) -> set[int]:
@@ -156,6 +158,7 @@ class LeakCheck:
             leaks += [f"mount {m}" for m in sorted(after.mounts - before.mounts)]
             leaks += [f"netns {n}" for n in sorted(after.netns - before.netns)]
             leaks += [f"cgroup {c}" for c in sorted(after.cgroups - before.cgroups)]
+            leaks += [f"systemd unit {u}" for u in sorted(after.units - before.units)]
             if not leaks or time.monotonic() > deadline:
                 return leaks
             time.sleep(0.1)
@@ -172,6 +175,7 @@ class LeakCheck:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         time.sleep(0.2)
         self.reap_zombies()
+        test_cgroups.stop_units(sorted(after.units - before.units))
         for path in sorted(after.cgroups - before.cgroups, key=len, reverse=True):
             for dirpath, _, _ in sorted(os.walk(path), key=lambda w: len(w[0]), reverse=True):
                 with contextlib.suppress(OSError):
