@@ -246,6 +246,30 @@ class Cgroup:
         return None
 
 
+def pressure(directory: str, resource: str) -> dict[str, tuple[float, float, float, int]]:
+    """A cgroup v2 <resource>.pressure file (PSI): "some" and "full" lines as
+    (avg10, avg60, avg300, total stall in ns); empty where the kernel has none."""
+    out: dict[str, tuple[float, float, float, int]] = {}
+    for line in (_read(f"{directory}/{resource}.pressure") or "").splitlines():
+        kind, *fields = line.split()
+        values = dict(f.partition("=")[::2] for f in fields)
+        try:
+            out[kind] = (
+                float(values["avg10"]),
+                float(values["avg60"]),
+                float(values["avg300"]),
+                int(values["total"]) * 1000,  # the kernel counts microseconds
+            )
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def swap(directory: str) -> tuple[int | None, int | None]:
+    """cgroup v2 swap: (usage, limit; None for no limit)."""
+    return _int(f"{directory}/memory.swap.current"), _int(f"{directory}/memory.swap.max")
+
+
 def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
     # The kubelet's definition: usage minus the page cache it could drop.
     if usage is None:

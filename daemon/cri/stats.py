@@ -27,7 +27,7 @@ from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
 from pyctr.proto import cri_pb2 as cri
-from pyctr.shim.cgroups import Cgroup
+from pyctr.shim.cgroups import Cgroup, pressure, swap
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 STREAM_CHUNK = 200
@@ -83,6 +83,45 @@ class StatsCollector:
             self._cpu[key] = (ts, usage)
         return out
 
+    def v2_dir(self, path: str) -> str | None:
+        """The cgroup v2 directory of a cgroupsPath or parent (None on v1)."""
+        found = self.cgroups.directory(path) if self.cgroups.v2 else None
+        return None if found is None else CGROUP_ROOT + "/" + found.strip("/")
+
+    @staticmethod
+    def psi(directory: str, resource: str) -> cri.PsiStats | None:
+        lines = pressure(directory, resource)
+        if not lines:
+            return None
+        out = cri.PsiStats()
+        for kind, field_ in (("some", out.Some), ("full", out.Full)):
+            if kind in lines:
+                avg10, avg60, avg300, total = lines[kind]
+                field_.CopyFrom(cri.PsiData(Total=total, Avg10=avg10, Avg60=avg60, Avg300=avg300))
+        return out
+
+    def add_v2(self, directory: str, cpu: cri.CpuUsage, memory: cri.MemoryUsage) -> cri.IoUsage:
+        """PSI of cpu, memory and io (cgroup v2 only); returns the io usage."""
+        for usage, resource in ((cpu, "cpu"), (memory, "memory")):
+            psi = self.psi(directory, resource)
+            if psi is not None:
+                usage.psi.CopyFrom(psi)
+        io = cri.IoUsage(timestamp=cpu.timestamp)
+        psi = self.psi(directory, "io")
+        if psi is not None:
+            io.psi.CopyFrom(psi)
+        return io
+
+    @staticmethod
+    def swap_usage(directory: str, timestamp: int) -> cri.SwapUsage:
+        usage, limit = swap(directory)
+        available = limit - usage if limit is not None and usage is not None else None
+        return cri.SwapUsage(
+            timestamp=timestamp,
+            swap_usage_bytes=_u64(usage),
+            swap_available_bytes=_u64(available),
+        )
+
     @staticmethod
     def memory(raw: dict[str, int | None]) -> cri.MemoryUsage:
         limit, working = raw["memory_limit"], raw["memory_working_set"]
@@ -126,6 +165,10 @@ class StatsCollector:
             raw = self.raw(path)
             out.cpu.CopyFrom(self.cpu(c.id, raw))
             out.memory.CopyFrom(self.memory(raw))
+            v2 = self.v2_dir(path)
+            if v2 is not None:
+                out.io.CopyFrom(self.add_v2(v2, out.cpu, out.memory))
+                out.swap.CopyFrom(self.swap_usage(v2, out.memory.timestamp))
         else:
             self._cpu.pop(c.id, None)
         return out
@@ -142,6 +185,9 @@ class StatsCollector:
             raw = self.raw(sb.cgroup_parent) if own else self._sum([sb, *members])
             linux.cpu.CopyFrom(self.cpu("pod:" + sb.id, raw))
             linux.memory.CopyFrom(self.memory(raw))
+            v2 = self.v2_dir(sb.cgroup_parent) if own else None
+            if v2 is not None:  # pressure does not add up: only from the pod's cgroup
+                linux.io.CopyFrom(self.add_v2(v2, linux.cpu, linux.memory))
             linux.process.CopyFrom(
                 cri.ProcessUsage(timestamp=now, process_count=_u64(raw["pids_current"]))
             )

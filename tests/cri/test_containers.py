@@ -126,6 +126,11 @@ def test_stats(cri_env: CriEnv, kube: Kubelet, pod: tuple[str, cri.PodSandboxCon
     assert stats.cpu.usage_core_nano_seconds.value > 0
     assert stats.memory.working_set_bytes.value > 0 and stats.memory.usage_bytes.value > 0
     assert stats.writable_layer.used_bytes.value >= 3 * MiB
+    if cgroups.V2:  # swap and pressure (PSI) come from the v2 files
+        assert stats.swap.timestamp > 0 and stats.swap.HasField("swap_usage_bytes")
+        if Path("/proc/pressure/cpu").exists():
+            assert stats.cpu.HasField("psi") and stats.memory.HasField("psi")
+            assert stats.io.HasField("psi") and stats.io.timestamp > 0
     assert stats.writable_layer.inodes_used.value >= 1
 
     req = cri.ListContainerStatsRequest(filter=cri.ContainerStatsFilter(pod_sandbox_id=pod_id))

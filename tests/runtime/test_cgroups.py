@@ -4,13 +4,15 @@ lane (tests/vm) proves that systemd and runc put the cgroups there."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pyctr.daemon import cgroups as cgroups_mod
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import load
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.shim.cgroups import cgroup_dir, parse_keyed, slice_dir, systemd_dir
+from pyctr.shim.cgroups import cgroup_dir, parse_keyed, pressure, slice_dir, swap, systemd_dir
 
 POD = "kubepods-burstable-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice"
 
@@ -118,3 +120,20 @@ def test_config_driver_choices(tmp_path: pytest.TempPathFactory) -> None:
         assert load(None, {"cri": {"cgroup_driver": driver}}).cri.cgroup_driver == driver
     with pytest.raises(InvalidArgument, match="cri.cgroup_driver"):
         load(None, {"cri": {"cgroup_driver": "cgroupsv2"}})
+
+
+def test_pressure_and_swap_files(tmp_path: Path) -> None:
+    (tmp_path / "cpu.pressure").write_text(
+        "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=7\n"
+    )
+    (tmp_path / "io.pressure").write_text("some avg10=x\n")  # unreadable lines are skipped
+    (tmp_path / "memory.swap.current").write_text("4096\n")
+    (tmp_path / "memory.swap.max").write_text("max\n")
+    assert pressure(str(tmp_path), "cpu") == {
+        "some": (1.5, 0.25, 0.0, 12_345_000),  # total in ns
+        "full": (0.0, 0.0, 0.0, 7000),
+    }
+    assert pressure(str(tmp_path), "io") == {}
+    assert pressure(str(tmp_path), "memory") == {}  # no file: no PSI
+    assert swap(str(tmp_path)) == (4096, None)
