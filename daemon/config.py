@@ -200,6 +200,8 @@ def _check_choices(config: Config) -> None:
         if value not in allowed:
             words = " or ".join(f'"{a}"' for a in allowed)
             raise InvalidArgument(f"config: {dotted!r} must be {words}, not {value!r}")
+    if config.snapshotter.max_parallel_unpack < 1:
+        raise InvalidArgument("config: 'snapshotter.max_parallel_unpack' must be at least 1")
     for name in ("root", "state", "address"):
         if not getattr(config, name).startswith("/"):
             raise InvalidArgument(f"config: {name!r} must be an absolute path")

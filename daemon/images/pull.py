@@ -27,11 +27,10 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyctr.daemon import config as cfg
 from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
@@ -58,6 +57,9 @@ from pyctr.daemon.images.registry import (
     parse_json,
 )
 from pyctr.daemon.images.store import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
+
+if TYPE_CHECKING:
+    from pyctr.snapshotter.applier import Unpacker
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,15 @@ class Puller:
 
     def close(self) -> None:
         self._unpack_pool.shutdown(wait=True, cancel_futures=True)
+
+    def unpacker(self) -> Unpacker:
+        """The layer applier as [snapshotter] configures it."""
+        from pyctr.snapshotter.applier import Unpacker
+
+        sc = self.config.snapshotter
+        return Unpacker(
+            self.snapshotter, allow_devices=sc.allow_devices, max_parallel=sc.max_parallel_unpack
+        )
 
     async def _hold(self, lease_id: str, kind: str, keys: list[str]) -> None:
         if self.gc is not None:
@@ -367,14 +378,9 @@ class Puller:
             return open_layer
 
         def unpack() -> str:
-            from pyctr.snapshotter.applier import Layer, Unpacker
+            from pyctr.snapshotter.applier import Layer
 
-            unpacker = Unpacker(
-                self.snapshotter,
-                allow_devices=self.config.snapshotter.allow_devices,
-                max_parallel=min(4, os.cpu_count() or 1),
-            )
-            top = unpacker.unpack(
+            top = self.unpacker().unpack(
                 [
                     Layer(diff_id=d, media_type=x.media_type, open=opener(i))
                     for i, (x, d) in enumerate(zip(layers, diff_ids, strict=True))

@@ -106,6 +106,7 @@ def test_config_default_is_complete_toml() -> None:
         ("[runtime]\ncgroup_parent = 'pyctr'\n", "runtime.cgroup_parent: cgroup parent 'pyctr'"),
         ("[snapshotter]\nbackend = 'zfs'\n", "'snapshotter.backend' must be"),
         ("address = 'x.sock'\n", "'address' must be an absolute path"),
+        ("[snapshotter]\nmax_parallel_unpack = 0\n", "'snapshotter.max_parallel_unpack' must"),
     ],
 )  # fmt: skip
 def test_bad_config_is_refused_with_its_key(tmp_path: Path, text: str, message: str) -> None:
