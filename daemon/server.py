@@ -20,6 +20,8 @@ from google.protobuf.message import DecodeError
 
 from pyctr.daemon.context import Context
 from pyctr.daemon.errors import InvalidArgument, PyctrError, disk_full
+from pyctr.daemon.snapshots import daemon_error
+from pyctr.snapshotter.errors import SnapshotterError
 
 log = logging.getLogger("pyctr.rpc")
 
@@ -29,6 +31,10 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def _status_for(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, SnapshotterError):
+        # Raised by a direct call into the snapshotter (mount helpers): the
+        # code it stands for, as if it had come through `Snapshots`.
+        exc = daemon_error(exc)
     if isinstance(exc, PyctrError):
         return exc.code, str(exc)
     if isinstance(exc, NotImplementedError):

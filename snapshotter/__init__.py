@@ -1,6 +1,6 @@
 """pyctr snapshotter: snapshots (overlayfs or native copies) and the layer applier.
 
-sn = open_snapshotter(config, db, config.root_dir)
+sn = open_snapshotter("overlayfs", db, root)     # db: a MetadataStore (SQLite)
 sn.reconcile()                                  # at daemon start
 top = Unpacker(sn).unpack(layers)               # image layers -> chain ID
 mounts = sn.prepare("ctr-1", parent=top)        # a container's rootfs
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyctr.daemon.config import Config
-from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.metadata import Metadata
-from pyctr.snapshotter.base import Info, Kind, LayerTarget, Snapshotter, Usage
+from pyctr.snapshotter.base import Info, Kind, LayerTarget, MetadataStore, Snapshotter, Usage
+from pyctr.snapshotter.errors import InvalidArgument
 from pyctr.snapshotter.mount import Mount, mount_all, mounted, unmount, unmount_all
 
 __all__ = [
     "Info",
     "Kind",
     "LayerTarget",
+    "MetadataStore",
     "Mount",
     "Snapshotter",
     "Usage",
@@ -31,9 +30,11 @@ __all__ = [
 ]
 
 
-def open_snapshotter(config: Config, db: Metadata, root: Path) -> Snapshotter:
-    """The backend named by `config.snapshotter.backend`, keeping its dirs under `root`."""
-    backend = config.snapshotter.backend
+BACKENDS = ("overlayfs", "native")
+
+
+def open_snapshotter(backend: str, db: MetadataStore, root: Path) -> Snapshotter:
+    """The backend by that name, its rows in `db` and its dirs under `root`."""
     if backend == "overlayfs":
         from pyctr.snapshotter.overlay import OverlaySnapshotter
 

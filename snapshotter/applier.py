@@ -37,16 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pyctr.daemon.errors import (
+from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
+from pyctr.snapshotter.decode import RAW_CHUNK, LayerDecoder, compression_of
+from pyctr.snapshotter.errors import (
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PyctrError,
+    SnapshotterError,
 )
-from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
-from pyctr.snapshotter.decode import RAW_CHUNK, LayerDecoder, compression_of
 from pyctr.snapshotter.fsutil import remove_tree
 from pyctr.snapshotter.lowers import settle_implicit_dirs
 from pyctr.snapshotter.unpack import Extracted, extract
@@ -285,7 +285,7 @@ class Unpacker:
                 raise FailedPrecondition(
                     f"snapshot {chains[i]!r} exists but is not committed; remove it first"
                 ) from None
-        except PyctrError as e:
+        except SnapshotterError as e:
             self._discard(target.key, target.path)
             if isinstance(e, InvalidArgument):
                 raise InvalidArgument(f"layer {i} ({layer.diff_id}): {e}") from None

@@ -33,14 +33,16 @@ opaque: on disk every snapshot is a directory named by a numeric id.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pyctr.daemon.errors import InvalidArgument
+from pyctr.snapshotter.errors import InvalidArgument
 from pyctr.snapshotter.mount import Mount
 
 MAX_KEY_BYTES = 1024
@@ -91,6 +93,21 @@ class LayerTarget:
     key: str
     path: Path
     whiteouts: str
+
+
+class MetadataStore(Protocol):
+    """The SQLite database the snapshotter keeps its tables in, shared with its host.
+
+    pyctrd's `pyctr.daemon.metadata.Metadata` is one: the snapshotter's rows
+    then commit in the same WAL file as the images that point at them.
+    """
+
+    def tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (nested calls join the outer one)."""
+        ...
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]: ...
+    def migrate(self, schema: str) -> None: ...
 
 
 class Snapshotter(Protocol):

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import zstandard
 from isal import isal_zlib
 
-from pyctr.daemon.errors import InvalidArgument
+from pyctr.snapshotter.errors import InvalidArgument
 
 CHUNK = 1 << 20  # decompressed bytes per read(): big enough that per-call costs vanish
 RAW_CHUNK = 1 << 20  # compressed bytes per read of the blob

@@ -22,7 +22,7 @@ import os
 import stat
 from pathlib import Path
 
-from pyctr.daemon.errors import InvalidArgument
+from pyctr.snapshotter.errors import InvalidArgument
 from pyctr.snapshotter.unpack import OPAQUE_XATTR, Comps
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

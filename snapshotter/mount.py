@@ -125,7 +125,7 @@ def compact_lowerdirs(data: list[str]) -> tuple[str, str]:
     Returns (directory to mount from, option string). Raises InvalidArgument
     when even that does not fit in a page.
     """
-    from pyctr.daemon.errors import InvalidArgument
+    from pyctr.snapshotter.errors import InvalidArgument
 
     lowers: list[str] = []
     rest: list[str] = []

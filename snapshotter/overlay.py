@@ -15,9 +15,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from pyctr.daemon.errors import FailedPrecondition
-from pyctr.daemon.metadata import Metadata
-from pyctr.snapshotter.base import Kind, LayerTarget
+from pyctr.snapshotter.base import Kind, LayerTarget, MetadataStore
+from pyctr.snapshotter.errors import FailedPrecondition
 from pyctr.snapshotter.fsutil import remove_tree
 from pyctr.snapshotter.mount import Mount
 from pyctr.snapshotter.store import DirSnapshotter
@@ -37,7 +36,7 @@ class OverlaySnapshotter(DirSnapshotter):
     backend = "overlayfs"
     independent_layers = True
 
-    def __init__(self, db: Metadata, root: Path) -> None:
+    def __init__(self, db: MetadataStore, root: Path) -> None:
         if not overlay_supported():
             raise FailedPrecondition(
                 'the kernel has no overlay filesystem; set [snapshotter] backend = "native"'

@@ -24,17 +24,17 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from pyctr.daemon.metadata import Metadata
 from pyctr.snapshotter.base import (
     EXTRACT_PREFIX,
     Info,
     Kind,
     LayerTarget,
+    MetadataStore,
     Usage,
     check_key,
     check_labels,
 )
+from pyctr.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.snapshotter.fsutil import disk_usage, remove_tree
 from pyctr.snapshotter.mount import Mount
 
@@ -83,7 +83,7 @@ class DirSnapshotter:
     backend = ""
     independent_layers = False
 
-    def __init__(self, db: Metadata, root: Path) -> None:
+    def __init__(self, db: MetadataStore, root: Path) -> None:
         if "," in str(root) or ":" in str(root):
             # They would split mount options / overlay lowerdir lists.
             raise InvalidArgument(f"snapshotter root {root} must not contain ',' or ':'")

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyctr.daemon.errors import InvalidArgument, ResourceExhausted
 from pyctr.snapshotter import tarstream
+from pyctr.snapshotter.errors import InvalidArgument, ResourceExhausted
 from pyctr.snapshotter.tarstream import Header, TarFormatError, TarReader
 
 log = logging.getLogger("pyctr.snapshotter")

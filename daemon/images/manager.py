@@ -58,9 +58,10 @@ class ImageManager:
     @classmethod
     async def open(cls, ctx: Any) -> ImageManager:
         if ctx.snapshotter is None:
-            from pyctr.snapshotter import open_snapshotter
+            from pyctr.daemon.snapshots import open_snapshots
 
-            ctx.snapshotter = open_snapshotter(ctx.config, ctx.db, ctx.config.root_dir)
+            backend = ctx.config.snapshotter.backend
+            ctx.snapshotter = open_snapshots(backend, ctx.db, ctx.config.root_dir)
             await asyncio.to_thread(ctx.snapshotter.reconcile)
         self = cls(ctx)
         ctx.content = self.content

@@ -57,6 +57,7 @@ from pyctr.daemon.images.registry import (
     parse_json,
 )
 from pyctr.daemon.images.store import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
+from pyctr.daemon.snapshots import Snapshots, snapshotter_errors
 
 if TYPE_CHECKING:
     from pyctr.snapshotter.applier import Unpacker
@@ -135,7 +136,7 @@ class Puller:
         images: ImageStore,
         leases: Leases,
         gc: Any,
-        snapshotter: Any,
+        snapshotter: Snapshots,
         registry: RegistryClient,
     ) -> None:
         self.config = config
@@ -159,8 +160,11 @@ class Puller:
         from pyctr.snapshotter.applier import Unpacker
 
         sc = self.config.snapshotter
+        # The backend itself: the applier handles the snapshotter's own errors.
         return Unpacker(
-            self.snapshotter, allow_devices=sc.allow_devices, max_parallel=sc.max_parallel_unpack
+            self.snapshotter.backend_impl,
+            allow_devices=sc.allow_devices,
+            max_parallel=sc.max_parallel_unpack,
         )
 
     async def _hold(self, lease_id: str, kind: str, keys: list[str]) -> None:
@@ -380,12 +384,13 @@ class Puller:
         def unpack() -> str:
             from pyctr.snapshotter.applier import Layer
 
-            top = self.unpacker().unpack(
-                [
-                    Layer(diff_id=d, media_type=x.media_type, open=opener(i))
-                    for i, (x, d) in enumerate(zip(layers, diff_ids, strict=True))
-                ]
-            )
+            with snapshotter_errors():
+                top = self.unpacker().unpack(
+                    [
+                        Layer(diff_id=d, media_type=x.media_type, open=opener(i))
+                        for i, (x, d) in enumerate(zip(layers, diff_ids, strict=True))
+                    ]
+                )
             for lp in progress.layers:
                 lp.state = "unpacked"
             return top

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,45 @@ def test_ruff_format() -> None:
 def test_mypy() -> None:
     proc = run(sys.executable, "-m", "mypy", "daemon", "snapshotter", "shim", "ctl")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at top level or inside functions."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the package (pyctr.snapshotter...)
+                package = ["pyctr", *path.relative_to(REPO).parent.parts]
+                base = package[: len(package) - node.level + 1]
+                names.add(".".join([*base, node.module] if node.module else base))
+            elif node.module:
+                names.add(node.module)
+    return names
+
+
+def test_snapshotter_does_not_import_the_daemon() -> None:
+    """The snapshotter is a library the daemon uses, never the other way round."""
+    offenders = {
+        str(path.relative_to(REPO)): sorted(
+            m
+            for m in _imported_modules(path)
+            if m == "pyctr.daemon" or m.startswith("pyctr.daemon.")
+        )
+        for path in sorted((REPO / "snapshotter").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    # And at run time: loading every snapshotter module pulls in no daemon module.
+    modules = [f"pyctr.snapshotter.{p.stem}" for p in (REPO / "snapshotter").glob("*.py")]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {sorted(modules)!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pyctr.daemon')))\n"
+    )
+    proc = run(sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 @pytest.mark.skipif(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.config import Config
 from pyctr.daemon.metadata import Metadata
 from pyctr.snapshotter import Snapshotter, open_snapshotter
 
@@ -31,9 +30,7 @@ def db(tmp_path: Path) -> Iterator[Metadata]:
 @pytest.fixture
 def make_sn(tmp_path: Path, db: Metadata) -> Callable[[str], Snapshotter]:
     def make(backend: str) -> Snapshotter:
-        config = Config()
-        config.snapshotter.backend = backend
-        return open_snapshotter(config, db, tmp_path / f"sn-{backend}")
+        return open_snapshotter(backend, db, tmp_path / f"sn-{backend}")
 
     return make
 

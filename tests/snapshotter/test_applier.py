@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.errors import DataLoss, InvalidArgument
 from pyctr.daemon.metadata import Metadata
 from pyctr.snapshotter import Kind, Snapshotter, mounted
 from pyctr.snapshotter.applier import Layer, Unpacker, chain_ids
 from pyctr.snapshotter.base import DIFF_ID_LABEL
+from pyctr.snapshotter.errors import DataLoss, InvalidArgument
 from pyctr.snapshotter.native import NativeSnapshotter
 from pyctr.snapshotter.overlay import OverlaySnapshotter
 from tests.snapshotter.layers import (

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.snapshotter import Kind, Snapshotter, mounted
+from pyctr.snapshotter.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.snapshotter.fsutil import disk_usage
 from tests.snapshotter.layers import CAP_NET_RAW
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.errors import InvalidArgument
 from pyctr.snapshotter import Snapshotter, mounted
 from pyctr.snapshotter.applier import Unpacker
+from pyctr.snapshotter.errors import InvalidArgument
 from pyctr.snapshotter.mount import MAX_OPTION_DATA, compact_lowerdirs
 from tests.snapshotter.layers import LayerBlob, build_tar, dir_, reg, whiteout
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.errors import InvalidArgument
 from pyctr.snapshotter import Snapshotter, mounted
 from pyctr.snapshotter.applier import Unpacker
+from pyctr.snapshotter.errors import InvalidArgument
 from tests.snapshotter.layers import (
     Entry,
     LayerBlob,

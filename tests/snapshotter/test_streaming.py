@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.errors import DataLoss, InvalidArgument
 from pyctr.snapshotter import Snapshotter, mounted
 from pyctr.snapshotter.applier import Layer, Unpacker
+from pyctr.snapshotter.errors import DataLoss, InvalidArgument
 from tests.snapshotter.layers import LayerBlob, build_tar, describe, dir_, reg, sym
 
 TAR = build_tar(

@@ -12,9 +12,9 @@ import tempfile
 import pytest
 import zstandard
 
-from pyctr.daemon.errors import InvalidArgument
 from pyctr.snapshotter import tarstream
 from pyctr.snapshotter.decode import CHUNK, LayerDecoder
+from pyctr.snapshotter.errors import InvalidArgument
 from pyctr.snapshotter.tarstream import Header, TarFormatError, TarReader
 from tests.snapshotter.layers import MEDIA, build_tar, chr_, dir_, fifo, hard, reg, sym
 
