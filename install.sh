@@ -4,8 +4,9 @@
 #   ./install.sh             as root: packages, venv, config, start pyctrd
 #   ./install.sh --no-start  the same without starting the daemon (CI, tests)
 #
-# Debian packages: runc and the tools the test suite drives (docker-registry,
-# skopeo, umoci, CNI plugins). Python packages go into ./.venv; the commands
+# Debian packages (packages.list): runc and the tools the test suite drives
+# (docker-registry, skopeo, umoci, CNI plugins; qemu and mmdebstrap for the
+# guest lane in tests/vm/). Python packages go into ./.venv; the commands
 # pyctrd, pyctr and pyctr-shim are linked into /usr/local/bin.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,8 +18,9 @@ if [[ $(id -u) != 0 ]]; then
     exit 1
 fi
 
-packages=(runc busybox-static docker-registry skopeo umoci containernetworking-plugins
-          iproute2 iptables util-linux procps python3-venv docker-compose)
+# The host's lines of packages.list (the guest lane's image reads the same file).
+mapfile -t packages < <(awk '!/^#/ && NF >= 2 && ($2 == "both" || $2 == "host") {print $1}' \
+                        packages.list)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
