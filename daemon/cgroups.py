@@ -58,7 +58,7 @@ class Cgroups:
             why = "systemd is PID 1" if booted else "systemd is not PID 1"
             reason = f"auto: {why}"
         else:
-            driver, reason = configured, "configured (cri.cgroup_driver)"
+            driver, reason = configured, "set by cri.cgroup_driver"
             if driver == "systemd" and not booted:
                 raise InvalidArgument(
                     'config: cri.cgroup_driver is "systemd" but systemd is not PID 1 '

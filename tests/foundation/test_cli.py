@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+from pyctr.daemon import cgroups
+from tests.support import cgroups as test_cgroups
 from tests.support.daemon import PyctrDaemon
 
 
@@ -36,11 +38,16 @@ def test_info_reports_paths_runc_and_kernel_features(pyctrd: PyctrDaemon) -> Non
     assert data["runc_version"].startswith("runc version")
     features = {f["name"]: f["value"] for f in data["features"]}
     assert features["overlayfs"] == "yes"
-    assert features["cgroup"] in ("v1", "v2", "v1+v2")
+    assert features["cgroup"] == cgroups.cgroup_version()
+    # The driver in use and why: the tests' daemons name theirs in the config.
+    driver = next(f for f in data["features"] if f["name"] == "cgroup-driver")
+    assert driver["value"] == test_cgroups.DRIVER
+    assert driver["detail"] == "set by cri.cgroup_driver"
     assert "cni" in features
     assert "[registry]" in data["config_toml"]
     text = pyctrd.ctl("info").stdout
     assert "overlayfs:" in text and str(pyctrd.root) in text
+    assert f"cgroup-driver: {test_cgroups.DRIVER} (set by cri.cgroup_driver)" in text
 
 
 def test_daemon_down_gives_one_line_hint_and_exit_69(pyctrd: PyctrDaemon) -> None:
