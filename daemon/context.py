@@ -1,6 +1,6 @@
 """What the daemon's services share: config, metadata and the stores.
 
-One `Context` is built at startup (see `main.serve`) and handed to every
+One `Context` is built at startup (see `daemon.Daemon`) and handed to every
 service; nothing else is global.
 """
 
@@ -24,7 +24,7 @@ class Context:
     runc_path: str | None
     cgroups: Cgroups
     started_at_ns: int = field(default_factory=time.time_ns)
-    # Stores and managers, set in `main.serve` as they are built. Typed Any
+    # Stores and managers, set by `Daemon.start` as they are built. Typed Any
     # here so this module imports none of them (the shim client stays light).
     snapshotter: Any = None
     content: Any = None

@@ -1,43 +1,30 @@
-"""pyctrd: the daemon's command line and lifecycle.
+"""pyctrd: the daemon's command line.
 
-`serve` reads as the lifecycle: config → locks → stores → server → wait for a
-signal → graceful shutdown. A second daemon on the same root, state dir or
-socket refuses to start and leaves the first one serving.
+`main` reads the config and the cgroup setup, then `serve` runs a `Daemon`
+(daemon/daemon.py: what is built, in which order) until a signal asks it to
+stop. A second daemon on the same root, state dir or socket refuses to start
+and leaves the first one serving.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import errno
-import fcntl
-import grp
 import logging
 import os
 import signal
-import socket
-import stat
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from pyctr.daemon import config as config_mod
-from pyctr.daemon import host
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
+from pyctr.daemon.daemon import StartupError
 from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.version import VERSION
 
 log = logging.getLogger("pyctr.daemon")
-
-# How long in-flight calls get to finish on SIGTERM before they are cancelled.
-SHUTDOWN_GRACE = 5.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
 
 
 class _Formatter(logging.Formatter):
@@ -67,142 +54,29 @@ def setup_logging(level: str) -> None:
     logging.getLogger("grpc").setLevel(logging.WARNING)
 
 
-@contextlib.contextmanager
-def _lock_dir(directory: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive flock on DIR/pyctrd.lock for the daemon's lifetime."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-    path = directory / "pyctrd.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise StartupError(
-                f"another pyctrd (pid {other}) is using the {what} dir {directory}; "
-                "stop it first or pick another with --root/--state"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _claim_socket(path: Path) -> None:
-    """Remove a stale socket file; refuse if a live server answers on it."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_socket():
-        raise StartupError(
-            f"{path} exists and is not a socket; remove it or pick another --address"
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError as e:
-        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise StartupError(f"cannot check socket {path}: {e.strerror}") from None
-        path.unlink(missing_ok=True)  # stale: its server is gone
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"another pyctrd is already serving on {path}")
-
-
-def _socket_gid(group: str) -> int:
-    if not group:
-        return 0
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise StartupError(f"socket_group {group!r} does not exist") from None
-
-
-def _secure_socket(path: Path, gid: int) -> None:
-    os.chown(path, 0, gid)
-    os.chmod(path, 0o660)
-    if gid:
-        # The group must be able to reach the socket: give its dir search
-        # permission (never read or write), which our umask took away.
-        parent = path.parent
-        mode = stat.S_IMODE(parent.stat().st_mode)
-        if mode & 0o011 != 0o011:
-            os.chmod(parent, mode | 0o011)
-
-
 async def serve(cfg: Config, config_file: Path | None, cgroups: Cgroups) -> None:
-    from pyctr.daemon import server as server_mod
-    from pyctr.daemon.context import Context
-    from pyctr.daemon.events import EventBus
-    from pyctr.daemon.images.manager import ImageManager
-    from pyctr.daemon.metadata import Metadata
-    from pyctr.daemon.pods.manager import SandboxManager
-    from pyctr.daemon.runtime.manager import RuntimeManager
-    from pyctr.daemon.streaming import start_streaming
+    """Run the daemon until SIGTERM or SIGINT, then stop it gracefully."""
+    from pyctr.daemon.daemon import Daemon
 
-    root, state, address = cfg.root_dir, cfg.state_dir, Path(cfg.address)
-    # Checked before anything is served: a bad group must not leave a socket up.
-    socket_gid = _socket_gid(cfg.socket_group)
-    # Everything pyctrd creates is private unless it says otherwise.
-    os.umask(0o077)
-    with _lock_dir(root, "root"), _lock_dir(state, "state"):
-        address.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
-        _claim_socket(address)
-        db = Metadata(root / "meta.db")
-        runc_path = host.find_runc(cfg.runtime.runc)
-        if runc_path is None:
-            log.warning("runc %r not found: containers cannot run", cfg.runtime.runc)
-        log.info("cgroup %s, driver %s (%s)", cgroups.version, cgroups.driver, cgroups.reason)
-        ctx = Context(
-            config=cfg, config_file=config_file, db=db, runc_path=runc_path, cgroups=cgroups
-        )
-        ctx.events = EventBus()
-        images = await ImageManager.open(ctx)  # also opens the snapshotter if unset
-        runtime = RuntimeManager(ctx)
-        ctx.runtime = runtime
-        await runtime.recover()
-        ctx.sandboxes = SandboxManager(ctx)
-        await ctx.sandboxes.recover()
-        streaming = await start_streaming(ctx)
-        server = server_mod.build(ctx)
-        server.add_insecure_port(f"unix:{address}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        received: list[int] = []
+    stop = asyncio.Event()
+    received: list[int] = []
 
-        def on_signal(sig: int) -> None:
-            received.append(sig)
-            stop.set()
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            # The socket is born 0660 (never briefly wider), then given its group.
-            os.umask(0o117)
-            try:
-                await server.start()
-            finally:
-                os.umask(0o077)
-            _secure_socket(address, socket_gid)
-            log.info(
-                "pyctrd %s serving on %s (root %s, state %s, runc %s)",
-                VERSION,
-                address,
-                root,
-                state,
-                runc_path or "missing",
-            )
-            await stop.wait()
-            log.info("received %s, shutting down", signal.Signals(received[0]).name)
-        finally:
-            await server.stop(SHUTDOWN_GRACE)
-            await streaming.stop()
-            await runtime.close()
-            await images.close()
-            address.unlink(missing_ok=True)
-            db.close()
-            log.info("pyctrd stopped")
+    daemon = Daemon(cfg, cgroups, config_file)
+    # A signal while it starts (recovery can take a while) ends the process as
+    # it always did: whatever start left half-made, the next start recovers.
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop.wait()
+        log.info("received %s, shutting down", signal.Signals(received[0]).name)
+    finally:
+        await daemon.stop()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """The image side of the daemon in one object: stores, puller, GC, registry.
 
-    manager = await ImageManager.open(ctx)     # at daemon start (runs a GC)
+    manager = await open_images(ctx, stack)     # daemon/daemon.py, at start (runs a GC)
     image = await manager.pull("busybox", creds, platform="", progress=None)
     image = manager.store.get("busybox")        # ID, name, digest or repo digest
     config = manager.store.config(image)        # OCI image config (dict)
@@ -44,7 +44,7 @@ class ImageManager:
         cfg = ctx.config
         self.ctx = ctx
         self.config = cfg
-        self.content = ContentStore(cfg.root_dir / "content")
+        self.content: ContentStore = ctx.content
         self.leases = Leases(ctx.db)
         self.store = ImageStore(ctx.db, self.content, on_event=self._event)
         self.snapshotter = ctx.snapshotter
@@ -55,21 +55,10 @@ class ImageManager:
             cfg, self.content, self.store, self.leases, self.gc, self.snapshotter, self.registry
         )
 
-    @classmethod
-    async def open(cls, ctx: Any) -> ImageManager:
-        if ctx.snapshotter is None:
-            from pyctr.daemon.snapshots import open_snapshots
-
-            backend = ctx.config.snapshotter.backend
-            ctx.snapshotter = open_snapshots(backend, ctx.db, ctx.config.root_dir)
-            await asyncio.to_thread(ctx.snapshotter.reconcile)
-        self = cls(ctx)
-        ctx.content = self.content
-        ctx.images = self
+    async def start(self) -> None:
         # Drop expired leases and whatever only they kept (an interrupted
         # pull's partial downloads outlive a restart while its lease lives).
         await self.gc.collect()
-        return self
 
     async def close(self) -> None:
         await self.gc.wait_idle()

@@ -7,25 +7,11 @@
 - `requests`: what a URL stands for, and the single-use token cache;
 - `server`: the aiohttp server and protocol negotiation; `backend`: the runtime.
 
-pyctrd starts it with `start_streaming(ctx)` and stops it with `server.stop()`.
+pyctrd's `Daemon` starts a `StreamingServer` over the runtime and stops it at shutdown.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pyctr.daemon.streaming.server import StreamingServer
 
-
-async def start_streaming(ctx: Any) -> StreamingServer:
-    """Start the server on [cri.streaming] address/port, over ctx.runtime; sets ctx.streaming."""
-    from pyctr.daemon.main import StartupError
-    from pyctr.daemon.streaming.backend import RuntimeBackend
-
-    server = StreamingServer(ctx.config.cri.streaming, RuntimeBackend(ctx.runtime))
-    try:
-        await server.start()
-    except OSError as e:
-        raise StartupError(str(e)) from None
-    ctx.streaming = server
-    return server
+__all__ = ["StreamingServer"]

@@ -4,6 +4,7 @@ snapshotter and registry (so a test can hold a pull in mid-flight)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.context import Context
+from pyctr.daemon.daemon import open_images
 from pyctr.daemon.errors import NotFound
 from pyctr.daemon.images.content import ingest_ref
 from pyctr.daemon.images.manager import ImageManager
@@ -28,12 +30,9 @@ async def manager(tmp_path: Path) -> AsyncIterator[ImageManager]:
     db = Metadata(tmp_path / "root" / "meta.db")
     cgroups = Cgroups.resolve("cgroupfs")
     ctx = Context(config=cfg, config_file=None, db=db, runc_path=None, cgroups=cgroups)
-    m = await ImageManager.open(ctx)
-    try:
-        yield m
-    finally:
-        await m.close()
-        db.close()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(db.close)
+        yield await open_images(ctx, stack)
 
 
 def has_snapshot(m: ImageManager, key: str) -> bool:
@@ -121,14 +120,12 @@ async def test_ingests_survive_restart_only_under_a_live_lease(
     manager.leases.add(lease.id, "ingest", [ingest_ref(_sha(leased))])
 
     # What the daemon does at start.
-    again = await ImageManager.open(manager.ctx)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        again = await open_images(manager.ctx, stack)
         assert [i.digest for i in store.ingests()] == [_sha(leased)]
         manager.leases.set_expiry(lease.id, time.time() - 1)
         await again.collect()
         assert store.ingests() == []
-    finally:
-        await again.close()
 
 
 def _sha(data: bytes) -> str:

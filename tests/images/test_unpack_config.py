@@ -7,6 +7,7 @@ read the parallelism the pull path actually handed it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.context import Context
-from pyctr.daemon.images.manager import ImageManager
+from pyctr.daemon.daemon import open_images
 from pyctr.daemon.metadata import Metadata
 from pyctr.snapshotter import applier
 from tests.images.conftest import ImageSet
@@ -37,11 +38,9 @@ async def test_pull_unpacks_with_configured_parallelism(
     db = Metadata(tmp_path / "root" / "meta.db")
     cgroups = Cgroups.resolve("cgroupfs")
     ctx = Context(config=cfg, config_file=None, db=db, runc_path=None, cgroups=cgroups)
-    m = await ImageManager.open(ctx)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(db.close)
+        m = await open_images(ctx, stack)
         image = await m.pull(test_images.ref("test/busybox:1"))
         assert image.chain_id == test_images.busybox.chain_id
-    finally:
-        await m.close()
-        db.close()
     assert seen == [parallel]
