@@ -1,6 +1,6 @@
 """pyctr-shim on its own: what one container costs through the shim, no daemon.
 
-The daemon's own shim client (pyctr.daemon.runtime.shim_client) drives shims on the
+The daemon's own shim client (pyctr.daemon.runtime.shim_launch) drives shims on the
 same busybox bundles as the bare runc figures, so the ratios show what the
 shim adds: its start-up, its socket round trips, and its memory, paid once
 per container. containerd's figure for the same thing is
@@ -28,10 +28,17 @@ from benchmarks.runc_bare import Runc
 
 
 def _client() -> Any:
+    """The module with ShimOptions, spawn_shim and read_shim_pid (older builds: shim_client)."""
     try:
-        from pyctr.daemon.runtime import shim_client
+        from pyctr.daemon.runtime import shim_launch
+
+        return shim_launch
+    except ImportError:
+        pass
+    try:
+        from pyctr.daemon.runtime import shim_client  # type: ignore[attr-defined]
     except ImportError as e:
-        raise NotAvailable(f"pyctr.daemon.runtime.shim_client: {e}") from None
+        raise NotAvailable(f"pyctr.daemon.runtime.shim_launch: {e}") from None
     return shim_client
 
 

@@ -1,6 +1,6 @@
 """pyctr-shim: the process that stays with one container for its whole life.
 
-Started by the daemon (see pyctr.daemon.runtime.shim_client.spawn_shim), in two stages:
+Started by the daemon (see pyctr.daemon.runtime.shim_launch.spawn_shim), in two stages:
 
 1. Launcher (this process): check the arguments, fork; the parent exits at
    once so the daemon can reap it. The child leaves the daemon's session

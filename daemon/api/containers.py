@@ -30,7 +30,8 @@ from pyctr.daemon.errors import (
 from pyctr.daemon.runtime.logs import LogReader, tail_offset
 from pyctr.daemon.runtime.manager import RuntimeManager
 from pyctr.daemon.runtime.records import ConsoleSize, Container, NativeContainer
-from pyctr.daemon.runtime.shim_client import AttachStream, ExitRecord
+from pyctr.daemon.runtime.shim_attach import AttachStream
+from pyctr.daemon.runtime.shim_types import ExitRecord
 from pyctr.daemon.spec.native import (
     check_request,
     native_record,

@@ -20,7 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon.runtime import shim_client
+from pyctr.daemon.runtime import shim_launch, shim_rpc
 from pyctr.daemon.runtime.records import Container
 from pyctr.snapshotter.mount import unmount_all
 
@@ -72,7 +72,7 @@ async def remove_orphans(
             if entry.name not in ids and FULL_ID.match(entry.name):
                 log.warning("removing runc state of unknown container %s", entry.name[:12])
                 with contextlib.suppress(Exception):
-                    await shim_client.cleanup_dead_shim(
+                    await shim_launch.cleanup_dead_shim(
                         tasks_dir / ".none", entry.name, runc=runc, runc_root=runc_root
                     )
     if snapshotter is not None:
@@ -87,7 +87,7 @@ async def remove_orphans(
 async def _stop_orphan_shim(task_dir: Path) -> None:
     """Make a shim nobody owns delete its container and exit (or kill it)."""
     try:
-        shim = await shim_client.connect_shim(task_dir, timeout=2.0)
+        shim = await shim_rpc.connect_shim(task_dir, timeout=2.0)
     except Exception:
         shim = None
     if shim is not None:
@@ -97,7 +97,7 @@ async def _stop_orphan_shim(task_dir: Path) -> None:
         finally:
             await shim.close()
         return
-    pid = shim_client.read_shim_pid(task_dir)
+    pid = shim_launch.read_shim_pid(task_dir)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

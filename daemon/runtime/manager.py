@@ -42,11 +42,13 @@ from pyctr.daemon.errors import (
     Unavailable,
     disk_full,
 )
-from pyctr.daemon.runtime import shim_client
+from pyctr.daemon.runtime import shim_launch, shim_rpc
 from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.cleanup import remove_orphans, remove_task_dir, unmount
 from pyctr.daemon.runtime.records import ConsoleSize, Container
-from pyctr.daemon.runtime.shim_client import AttachStream, ExitRecord, ShimClient, ShimOptions
+from pyctr.daemon.runtime.shim_attach import AttachStream
+from pyctr.daemon.runtime.shim_rpc import ShimClient
+from pyctr.daemon.runtime.shim_types import ExitRecord, ShimOptions
 from pyctr.daemon.runtime.states import Op, Status, require
 from pyctr.daemon.runtime.store import new_id
 from pyctr.daemon.runtime.zygote import ShimZygote
@@ -220,7 +222,7 @@ class RuntimeManager:
             systemd_cgroup=self.ctx.cgroups.systemd,
         )
         try:
-            shim = await shim_client.spawn_shim(opts, zygote=self.zygote)
+            shim = await shim_launch.spawn_shim(opts, zygote=self.zygote)
         except Exception as e:
             # runc create failed (the shim cleaned up after it): say why.
             await self._start_failed(c, str(e))
@@ -322,7 +324,7 @@ class RuntimeManager:
             message = ""
             if record is None:
                 # The event stream ended without an exit: the shim died.
-                record = shim_client.read_exit_record(self.task_dir(cid))
+                record = shim_launch.read_exit_record(self.task_dir(cid))
                 if record is None:
                     message = "the container's shim died; its exit status is unknown"
                     try:
@@ -381,7 +383,7 @@ class RuntimeManager:
             log.exception("auto-removing %s", cid[:12])
 
     async def _cleanup_dead_shim(self, cid: str) -> ExitRecord:
-        return await shim_client.cleanup_dead_shim(
+        return await shim_launch.cleanup_dead_shim(
             self.task_dir(cid),
             cid,
             runc=self._runc(),
@@ -477,7 +479,7 @@ class RuntimeManager:
             # A failed `runc delete` (at exit, say) left runc's state, cgroup
             # and shim behind: clean them now, or fail and keep the record.
             task_dir = self.task_dir(cid)
-            if (Path(self.runc_root) / cid).exists() or shim_client.read_shim_pid(task_dir):
+            if (Path(self.runc_root) / cid).exists() or shim_launch.read_shim_pid(task_dir):
                 await self._cleanup_dead_shim(cid)
             # Record first: a crash from here on leaves only orphans, which
             # the next start sweeps (never a record without its snapshot).
@@ -570,7 +572,7 @@ class RuntimeManager:
         has_runc_state = (Path(self.runc_root) / c.id).exists()
         if c.status.may_have_shim:
             try:
-                shim = await shim_client.connect_shim(task_dir)
+                shim = await shim_rpc.connect_shim(task_dir)
             except Unavailable:
                 shim = None
             if shim is not None:
@@ -579,7 +581,7 @@ class RuntimeManager:
                 self._track(c, shim)  # its first event says if it exited meanwhile
                 log.info("reconnected to the shim of %s", c.id[:12])
                 return
-            left = shim_client.read_exit_record(task_dir) is not None or has_runc_state
+            left = shim_launch.read_exit_record(task_dir) is not None or has_runc_state
             if c.status.is_running or left:
                 log.warning("shim of %s is gone; marking it exited", c.id[:12])
                 self._exit_event(c.id)
@@ -588,7 +590,7 @@ class RuntimeManager:
         # Exited: a crash between recording the exit and deleting the task
         # may have left the shim and runc's state behind.
         try:
-            shim = await shim_client.connect_shim(task_dir, timeout=2.0)
+            shim = await shim_rpc.connect_shim(task_dir, timeout=2.0)
         except Exception:
             shim = None
         if shim is not None:

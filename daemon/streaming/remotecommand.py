@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyctr.daemon.errors import PyctrError
-from pyctr.daemon.runtime.shim_client import AttachStream
+from pyctr.daemon.runtime.shim_attach import AttachStream
 from pyctr.daemon.streaming.session import SpdySession, SpdyStream, StreamResetError
 from pyctr.daemon.streaming.websocket import WsChannels
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyctr.daemon.runtime.shim_client import ExitRecord, read_exit_record
+from pyctr.daemon.runtime.shim_launch import read_exit_record
+from pyctr.daemon.runtime.shim_types import ExitRecord
 from pyctr.shim import protocol
 
 RECORD = {

@@ -14,13 +14,9 @@ from typing import Any
 
 import pytest
 
-from pyctr.daemon.runtime.shim_client import (
-    ShimClient,
-    ShimOptions,
-    connect_shim,
-    read_shim_pid,
-    spawn_shim,
-)
+from pyctr.daemon.runtime.shim_launch import read_shim_pid, spawn_shim
+from pyctr.daemon.runtime.shim_rpc import ShimClient, connect_shim
+from pyctr.daemon.runtime.shim_types import ShimOptions
 from tests.conftest import TOKEN, new_base, safe_rmtree
 from tests.shim.bundle import write_bundle
 from tests.support import cgroups

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon.runtime.shim_client import ShimEvent
+from pyctr.daemon.runtime.shim_types import ShimEvent
 from tests.shim.conftest import Harness
 
 

@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 
 from pyctr.daemon import errors
-from pyctr.daemon.runtime.shim_client import (
-    RuncError,
-    ShimOptions,
-    connect_shim,
-    read_exit_record,
-    read_shim_pid,
-)
+from pyctr.daemon.runtime.shim_launch import read_exit_record, read_shim_pid
+from pyctr.daemon.runtime.shim_rpc import connect_shim
+from pyctr.daemon.runtime.shim_types import RuncError, ShimOptions
 from tests.shim.conftest import Harness, alive, runc, wait_until, zombies_of
 
 pytestmark = pytest.mark.root
@@ -87,7 +83,7 @@ async def test_create_failure_reports_runc_error(harness: Harness) -> None:
 async def test_bad_arguments_are_refused(harness: Harness) -> None:
     opts = harness.options_for("badid", ["true"])
     bad = ShimOptions(**{**opts.__dict__, "id": "../escape"})
-    from pyctr.daemon.runtime.shim_client import spawn_shim
+    from pyctr.daemon.runtime.shim_launch import spawn_shim
 
     with pytest.raises(errors.InvalidArgument, match="invalid container id"):
         await spawn_shim(bad)

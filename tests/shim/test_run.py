@@ -9,13 +9,9 @@ from typing import Any
 
 import pytest
 
-from pyctr.daemon.runtime.shim_client import (
-    RuncError,
-    ShimClient,
-    ShimOptions,
-    read_shim_pid,
-    spawn_shim,
-)
+from pyctr.daemon.runtime.shim_launch import read_shim_pid, spawn_shim
+from pyctr.daemon.runtime.shim_rpc import ShimClient
+from pyctr.daemon.runtime.shim_types import RuncError, ShimOptions
 from tests.shim.conftest import Harness, alive, wait_until
 
 

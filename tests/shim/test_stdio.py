@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pyctr.daemon import errors
-from pyctr.daemon.runtime.shim_client import AttachStream
+from pyctr.daemon.runtime.shim_attach import AttachStream
 from tests.shim.conftest import Harness
 
 

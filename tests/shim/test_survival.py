@@ -14,12 +14,8 @@ from pathlib import Path
 import pytest
 
 from pyctr.daemon import errors
-from pyctr.daemon.runtime.shim_client import (
-    cleanup_dead_shim,
-    connect_shim,
-    read_exit_record,
-    read_shim_pid,
-)
+from pyctr.daemon.runtime.shim_launch import cleanup_dead_shim, read_exit_record, read_shim_pid
+from pyctr.daemon.runtime.shim_rpc import connect_shim
 from tests.shim.conftest import RUNC, Harness, alive, runc, wait_until
 
 PSS_LIMIT_KB = 20 * 1024
@@ -40,7 +36,8 @@ async def test_shim_survives_the_death_of_its_starter(harness: Harness) -> None:
     starter = textwrap.dedent(
         f"""
         import asyncio, json, sys, time
-        from pyctr.daemon.runtime.shim_client import ShimOptions, spawn_shim
+        from pyctr.daemon.runtime.shim_launch import spawn_shim
+        from pyctr.daemon.runtime.shim_types import ShimOptions
         async def main():
             client = await spawn_shim(ShimOptions(**{opts.__dict__!r}))
             await client.start()

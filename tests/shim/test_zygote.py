@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from pyctr.daemon import errors
-from pyctr.daemon.runtime.shim_client import RuncError, ShimClient, read_shim_pid, spawn_shim
+from pyctr.daemon.runtime.shim_launch import read_shim_pid, spawn_shim
+from pyctr.daemon.runtime.shim_rpc import ShimClient
+from pyctr.daemon.runtime.shim_types import RuncError
 from pyctr.daemon.runtime.zygote import ZYGOTE_MAIN, ShimZygote
 from tests.shim.conftest import Harness, alive, wait_until
 from tests.shim.test_survival import pss_kb
@@ -133,7 +135,8 @@ async def test_zygote_exits_with_its_daemon_and_its_shims_stay(harness: Harness)
     starter = textwrap.dedent(
         f"""
         import asyncio, json, time
-        from pyctr.daemon.runtime.shim_client import ShimOptions, spawn_shim
+        from pyctr.daemon.runtime.shim_launch import spawn_shim
+        from pyctr.daemon.runtime.shim_types import ShimOptions
         from pyctr.daemon.runtime.zygote import ShimZygote
         async def main():
             z = ShimZygote({str(harness.base / "z2")!r})

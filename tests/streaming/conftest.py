@@ -20,7 +20,7 @@ import pytest
 from pyctr.daemon.config import Streaming
 from pyctr.daemon.errors import FailedPrecondition, NotFound
 from pyctr.daemon.runtime.records import Container
-from pyctr.daemon.runtime.shim_client import ShimClient
+from pyctr.daemon.runtime.shim_rpc import ShimClient
 from pyctr.daemon.runtime.states import Status
 from pyctr.daemon.streaming.backend import RuntimeBackend
 from pyctr.daemon.streaming.server import StreamingServer
