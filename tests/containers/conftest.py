@@ -29,6 +29,7 @@ from pyctr.proto import containers_pb2_grpc, images_pb2, images_pb2_grpc
 from tests.support.daemon import PyctrDaemon
 from tests.support.images import build_image, busybox_layer, push, tar_bytes
 from tests.support.registry import Registry
+from tests.support.timing import scaled
 
 # Applets the tests call by name, on top of the ones busybox_layer() links.
 EXTRA_APPLETS = ("stty", "hostname", "tty", "kill", "grep", "mkdir", "touch", "seq", "ip", "head")
@@ -117,7 +118,8 @@ class Ctr:
         return self.api.Get(pb.ContainerGetRequest(container=ref), timeout=10).container
 
     def wait(self, ref: str, timeout: float = 30) -> pb.ContainerInfo:
-        return self.api.Wait(pb.ContainerWaitRequest(container=ref), timeout=timeout).container
+        req = pb.ContainerWaitRequest(container=ref)
+        return self.api.Wait(req, timeout=scaled(timeout)).container
 
     def remove(self, ref: str, force: bool = True) -> None:
         self.api.Remove(pb.ContainerRemoveRequest(container=ref, force=force), timeout=30)
@@ -149,7 +151,7 @@ class Ctr:
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         value = check()
         if value:

@@ -39,6 +39,7 @@ from tests.support.daemon import PyctrDaemon, dump_toml
 from tests.support.images import build_image, busybox_layer, files_layer, push
 from tests.support.leaks import LeakCheck
 from tests.support.registry import Registry
+from tests.support.timing import scaled
 
 BB = "/bin/busybox"
 PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
@@ -356,7 +357,7 @@ class Kubelet:
         return r.stdout.decode()
 
     def wait_state(self, cid: str, state: int, timeout: float = 20) -> cri.ContainerStatus:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             st = self.status(cid)
             if st.state == state or time.monotonic() > deadline:

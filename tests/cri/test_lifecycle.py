@@ -16,6 +16,7 @@ import pytest
 from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, CriEnv, Kubelet, code_of
+from tests.support.timing import scaled
 
 pytestmark = pytest.mark.root
 
@@ -70,7 +71,7 @@ class EventReader:
         return [e.container_event_type for e in self.events if e.container_id == cid]
 
     def wait_for(self, cid: str, kinds: list[Any], timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while self.of(cid) != kinds and time.monotonic() < deadline:
             time.sleep(0.05)
 

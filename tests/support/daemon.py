@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from tests.support import cgroups
+from tests.support.timing import scaled
 
 
 def dump_toml(data: dict[str, Any], table: str = "") -> str:
@@ -84,6 +85,7 @@ class PyctrDaemon:
         ]  # fmt: skip
 
     def start(self, timeout: float = 20.0) -> PyctrDaemon:
+        timeout = scaled(timeout)
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
@@ -111,6 +113,7 @@ class PyctrDaemon:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait; returns the exit code."""
+        timeout = scaled(timeout)
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
