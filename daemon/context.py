@@ -9,11 +9,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
+from pyctr.daemon.events import EventBus
 from pyctr.daemon.metadata import Metadata
+
+if TYPE_CHECKING:
+    # For the checker only: importing them here would load the whole daemon
+    # wherever a Context is named.
+    from pyctr.daemon.images.content import ContentStore
+    from pyctr.daemon.images.manager import ImageManager
+    from pyctr.daemon.pods.manager import SandboxManager
+    from pyctr.daemon.runtime.manager import RuntimeManager
+    from pyctr.daemon.snapshots import Snapshots
+    from pyctr.daemon.streaming.server import StreamingServer
 
 
 @dataclass
@@ -24,12 +35,12 @@ class Context:
     runc_path: str | None
     cgroups: Cgroups
     started_at_ns: int = field(default_factory=time.time_ns)
-    # Stores and managers, set by `Daemon.start` as they are built. Typed Any
-    # here so this module imports none of them (the shim client stays light).
-    snapshotter: Any = None
-    content: Any = None
-    images: Any = None
-    runtime: Any = None
-    events: Any = None
-    sandboxes: Any = None  # CRI pod sandboxes (pyctr.daemon.pods.manager.SandboxManager)
-    streaming: Any = None  # exec/attach/port-forward URLs (pyctr.daemon.streaming.server)
+    events: EventBus = field(default_factory=EventBus, repr=False, compare=False)
+    # Set by `Daemon.start` in its build order. Reading one before it is set
+    # is a wiring bug, and fails (AttributeError) rather than handing out None.
+    snapshotter: Snapshots = field(init=False, repr=False, compare=False)
+    content: ContentStore = field(init=False, repr=False, compare=False)
+    images: ImageManager = field(init=False, repr=False, compare=False)
+    runtime: RuntimeManager = field(init=False, repr=False, compare=False)
+    sandboxes: SandboxManager = field(init=False, repr=False, compare=False)  # CRI pods
+    streaming: StreamingServer = field(init=False, repr=False, compare=False)  # exec URLs

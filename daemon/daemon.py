@@ -89,7 +89,6 @@ class Daemon:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         from pyctr.daemon import server as server_mod
         from pyctr.daemon.context import Context
-        from pyctr.daemon.events import EventBus
         from pyctr.daemon.metadata import Metadata
         from pyctr.daemon.pods.manager import SandboxManager
         from pyctr.daemon.runtime.manager import RuntimeManager
@@ -116,7 +115,6 @@ class Daemon:
         ctx = Context(
             config=cfg, config_file=self.config_file, db=db, runc_path=runc_path, cgroups=cgroups
         )
-        ctx.events = EventBus()
         self._ctx = ctx
 
         await open_images(ctx, stack)

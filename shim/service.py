@@ -208,7 +208,7 @@ class Shim:
             "ops": sorted(self.OPS),
         }
 
-    def op_state(self, conn: Connection, req: Request) -> Result:
+    def op_state(self, conn: Connection, req: Request) -> dict[str, Any]:
         init = self.init
         assert init is not None
         execs = [

@@ -35,10 +35,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
-from pyctr.snapshotter.decode import RAW_CHUNK, LayerDecoder, compression_of
+from pyctr.snapshotter.decode import RAW_CHUNK, Blob, LayerDecoder, Reader, compression_of
 from pyctr.snapshotter.errors import (
     AlreadyExists,
     DataLoss,
@@ -58,7 +57,7 @@ log = logging.getLogger("pyctr.snapshotter")
 class Layer:
     diff_id: str  # "sha256:..." of the uncompressed tar
     media_type: str  # OCI or Docker layer media type
-    open: Callable[[], BinaryIO]  # blocks until the compressed blob is available
+    open: Callable[[], Blob]  # blocks until the compressed blob is available
 
 
 def _check_digest(digest: str) -> str:
@@ -84,7 +83,7 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-def _read_to_end(raw: BinaryIO) -> Exception | None:
+def _read_to_end(raw: Reader) -> Exception | None:
     """Read a blob to its end; the error that stopped it, if one did."""
     try:
         while raw.read(RAW_CHUNK):

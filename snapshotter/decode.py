@@ -17,12 +17,33 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import BinaryIO
+from types import TracebackType
+from typing import Protocol
 
 import zstandard
 from isal import isal_zlib
 
 from pyctr.snapshotter.errors import InvalidArgument
+
+
+class Reader(Protocol):
+    """What the decoder reads a blob through: a file, or a download in progress."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Blob(Reader, Protocol):
+    """A `Reader` the applier opens and closes (`with layer.open() as raw`)."""
+
+    def __enter__(self) -> Blob: ...
+    def __exit__(
+        self,
+        t: type[BaseException] | None,
+        v: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> object: ...
+
 
 CHUNK = 1 << 20  # decompressed bytes per read(): big enough that per-call costs vanish
 RAW_CHUNK = 1 << 20  # compressed bytes per read of the blob
@@ -56,7 +77,7 @@ def compression_of(media_type: str) -> str:
 class _Prefixed:
     """`raw` with bytes already read from it put back in front (for zstd)."""
 
-    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+    def __init__(self, head: bytes, raw: Reader) -> None:
         self.head = head
         self.raw = raw
 
@@ -68,7 +89,7 @@ class _Prefixed:
 
 
 class LayerDecoder:
-    def __init__(self, raw: BinaryIO, media_type: str, what: str) -> None:
+    def __init__(self, raw: Reader, media_type: str, what: str) -> None:
         self.what = what
         self.raw = raw
         self.sha = hashlib.sha256()

@@ -16,7 +16,7 @@ import os
 import secrets
 import signal
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -41,6 +41,9 @@ from pyctr.daemon.spec.native import (
 from pyctr.daemon.spec.rootfs import UnknownUser, resolve_user
 from pyctr.proto import containers_pb2 as pb
 from pyctr.proto import containers_pb2_grpc
+
+if TYPE_CHECKING:
+    from pyctr.daemon.context import Context
 
 # How often `logs --follow` looks for new output and for the exit.
 LOG_POLL = 0.1
@@ -366,6 +369,6 @@ class EventsService(containers_pb2_grpc.EventsServicer):
             sub.close()
 
 
-def register(server: grpc.aio.Server, ctx: Any) -> None:
+def register(server: grpc.aio.Server, ctx: Context) -> None:
     containers_pb2_grpc.add_ContainersServicer_to_server(ContainersService(ctx.runtime), server)
     containers_pb2_grpc.add_EventsServicer_to_server(EventsService(ctx.events), server)

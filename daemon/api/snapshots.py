@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -12,9 +12,12 @@ from pyctr.proto import snapshots_pb2 as pb
 from pyctr.proto import snapshots_pb2_grpc
 from pyctr.snapshotter.mount import Mount
 
+if TYPE_CHECKING:
+    from pyctr.daemon.context import Context
+
 
 class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     def _users(self) -> dict[str, list[str]]:
@@ -102,5 +105,5 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         return pb.SnapshotRemoveResponse()
 
 
-def register(server: grpc.aio.Server, ctx: Any) -> None:
+def register(server: grpc.aio.Server, ctx: Context) -> None:
     snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(ctx), server)

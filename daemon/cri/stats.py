@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -54,7 +53,7 @@ def net_dev(pid: int) -> dict[str, tuple[int, int, int, int]]:
 
 
 class StatsCollector:
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.cgroups = ctx.cgroups
         self.mountpoint = str(ctx.config.root_dir)
@@ -257,7 +256,9 @@ class StatsRpcs:
             self._stats_collector = collector
         return collector
 
-    async def _writable(self, containers: list[Container]) -> dict[str, cri.FilesystemUsage | None]:
+    async def _writable(
+        self, containers: Sequence[Container]
+    ) -> dict[str, cri.FilesystemUsage | None]:
         collector = self._collector()
 
         def measure() -> dict[str, cri.FilesystemUsage | None]:

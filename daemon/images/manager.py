@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyctr.daemon.images.auth import Credentials
 from pyctr.daemon.images.content import ContentStore
@@ -27,6 +27,9 @@ from pyctr.daemon.images.leases import Leases
 from pyctr.daemon.images.pull import LayerProgress, Puller, PullProgress
 from pyctr.daemon.images.registry import RegistryClient
 from pyctr.daemon.images.store import Image, ImageStore
+
+if TYPE_CHECKING:
+    from pyctr.daemon.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class FsUsage:
 
 
 class ImageManager:
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Context) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.config = cfg
@@ -68,9 +71,7 @@ class ImageManager:
     def _event(self, action: str, image_id: str, name: str) -> None:
         if action == "delete":
             self._dropped = True
-        bus = getattr(self.ctx, "events", None)
-        if bus is not None:
-            bus.publish(f"/images/{action}", image_id, name=name)
+        self.ctx.events.publish(f"/images/{action}", image_id, name=name)
 
     async def pull(
         self,

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from pyctr.daemon import config as cfg
 from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
@@ -61,6 +61,7 @@ from pyctr.daemon.snapshots import Snapshots, snapshotter_errors
 
 if TYPE_CHECKING:
     from pyctr.snapshotter.applier import Unpacker
+    from pyctr.snapshotter.decode import Blob
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,8 @@ class Puller:
         top = await self._fetch_and_unpack(repo, layers, diff_ids, progress)
         if chain and top != chain[-1]:
             raise Internal(f"image {r}: unpacked to {top}, expected chain ID {chain[-1]}")
-        inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+        found = config.get("config")
+        inner: dict[str, Any] = found if isinstance(found, dict) else {}
         labels = inner.get("Labels")
         if not isinstance(labels, dict):
             labels = {}
@@ -337,7 +339,7 @@ class Puller:
     ) -> str:
         # Per layer, how the unpacker gets its bytes: following the download
         # as it is written, or opening the stored blob.
-        ready: list[concurrent.futures.Future[Callable[[], BinaryIO]]] = [
+        ready: list[concurrent.futures.Future[Callable[[], Blob]]] = [
             concurrent.futures.Future() for _ in layers
         ]
         followers: list[IngestFollower] = []
@@ -350,7 +352,7 @@ class Puller:
             if writer.offset == 0 and not ready[i].done():
                 follower = writer.follow()
                 followers.append(follower)
-                ready[i].set_result(lambda: follower)  # type: ignore[return-value]
+                ready[i].set_result(lambda: follower)
             return repo.fetch_blob(desc, writer)
 
         async def fetch(i: int, desc: Descriptor) -> None:
@@ -374,7 +376,7 @@ class Puller:
                 ready[i].set_result(lambda: open(path, "rb"))  # noqa: SIM115 (the unpacker closes it)
 
         def opener(i: int) -> Any:
-            def open_layer() -> BinaryIO:
+            def open_layer() -> Blob:
                 how = ready[i].result()
                 progress.layers[i].state = "unpacking"
                 return how()

@@ -40,7 +40,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
@@ -75,6 +75,9 @@ from pyctr.daemon.spec.cri import (
 from pyctr.proto import cri_pb2 as cri
 from pyctr.snapshotter.mount import Mount as HostMount
 from pyctr.snapshotter.mount import unmount_all
+
+if TYPE_CHECKING:
+    from pyctr.daemon.context import Context
 
 log = logging.getLogger("pyctr.sandbox")
 
@@ -183,7 +186,7 @@ def _host_file(path: str) -> str:
 
 
 class SandboxManager:
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Context) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.runtime = ctx.runtime

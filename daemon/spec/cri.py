@@ -449,8 +449,8 @@ def container_options(
     ro = sc.readonly_rootfs
     for name in ("hostname", "hosts", "resolv.conf"):
         if f"/etc/{name}" not in taken:
-            opts = ["rbind", "rprivate", "ro" if ro else "rw"]
-            mounts.append(Mount(f"/etc/{name}", str(pod.files / name), "bind", opts))
+            options = ["rbind", "rprivate", "ro" if ro else "rw"]
+            mounts.append(Mount(f"/etc/{name}", str(pod.files / name), "bind", options))
     if "/dev/shm" not in taken:
         shm = "/dev/shm" if pod.host_ipc else str(pod.files / "shm")
         mounts.append(Mount("/dev/shm", shm, "bind", ["rbind", "rprivate", "rw"]))

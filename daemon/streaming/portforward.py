@@ -28,6 +28,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pyctr.daemon.pods import netns
 from pyctr.daemon.streaming.requests import PortForwardRequest
@@ -275,7 +276,8 @@ async def serve_websocket(channels: WsChannels, req: PortForwardRequest, ports: 
     gone = asyncio.create_task(channels.closed.wait())
     try:
         # Until every port is done, or the client hangs up.
-        await asyncio.wait({gone, everything}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {gone, everything}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (*tasks, gone):
             task.cancel()

@@ -314,7 +314,7 @@ class SpdyConnection:
             return MAX_WINDOW
         return max(0, min(st.send_window, self._session_send_window))
 
-    def send_data(self, stream_id: int, data: bytes, *, fin: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes | memoryview, *, fin: bool = False) -> None:
         """DATA frames for `data` (split at MAX_DATA_FRAME); must fit send_window."""
         st = self._sendable(stream_id)
         if len(data) > self.send_window(stream_id):
