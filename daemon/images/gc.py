@@ -24,13 +24,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.images.content import ContentStore
 from pyctr.daemon.images.leases import Leases
 from pyctr.daemon.images.pull import iter_manifest_refs
 from pyctr.daemon.images.store import ImageStore
+from pyctr.daemon.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ class GCResult:
 
 class GarbageCollector:
     def __init__(
-        self, content: ContentStore, images: ImageStore, leases: Leases, snapshotter: Any
+        self,
+        content: ContentStore,
+        images: ImageStore,
+        leases: Leases,
+        snapshotter: Snapshots,
     ) -> None:
         self.content = content
         self.images = images
@@ -127,8 +131,7 @@ class GarbageCollector:
                 self.content.remove_ingest(ing.ref)
                 r.ingests_removed.append(ing.ref)
                 r.bytes_freed += ing.offset
-        if self.snapshotter is not None:
-            self._sweep_snapshots(keep_snaps, r)
+        self._sweep_snapshots(keep_snaps, r)
 
     def _sweep_snapshots(self, keep: set[str], r: GCResult) -> None:
         infos = {i.key: i for i in self.snapshotter.walk()}

@@ -30,6 +30,7 @@ from pyctr.daemon.images.store import Image, ImageStore
 
 if TYPE_CHECKING:
     from pyctr.daemon.context import Context
+    from pyctr.daemon.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class ImageManager:
         self.content: ContentStore = ctx.content
         self.leases = Leases(ctx.db)
         self.store = ImageStore(ctx.db, self.content, on_event=self._event)
-        self.snapshotter = ctx.snapshotter
+        self.snapshotter: Snapshots = ctx.snapshotter
         self._dropped = False
         self.gc = GarbageCollector(self.content, self.store, self.leases, self.snapshotter)
         self.registry = RegistryClient(cfg.registry)
@@ -107,9 +108,8 @@ class ImageManager:
     async def fs_usage(self) -> FsUsage:
         def measure() -> FsUsage:
             used, inodes = self.content.usage()
-            if self.snapshotter is not None:
-                u = self.snapshotter.fs_usage()
-                used, inodes = used + u.size_bytes, inodes + u.inodes
+            u = self.snapshotter.fs_usage()
+            used, inodes = used + u.size_bytes, inodes + u.inodes
             return FsUsage(time.time_ns(), str(self.config.root_dir), used, inodes)
 
         return await asyncio.to_thread(measure)

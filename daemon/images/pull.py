@@ -60,6 +60,7 @@ from pyctr.daemon.images.store import MAX_CONFIG, Image, ImageName, ImageStore, 
 from pyctr.daemon.snapshots import Snapshots, snapshotter_errors
 
 if TYPE_CHECKING:
+    from pyctr.daemon.images.gc import GarbageCollector
     from pyctr.snapshotter.applier import Unpacker
     from pyctr.snapshotter.decode import Blob
 
@@ -136,7 +137,7 @@ class Puller:
         content: ContentStore,
         images: ImageStore,
         leases: Leases,
-        gc: Any,
+        gc: GarbageCollector | None,
         snapshotter: Snapshots,
         registry: RegistryClient,
     ) -> None:
