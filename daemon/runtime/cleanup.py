@@ -20,7 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from pyctr.daemon.runtime import shim_launch, shim_rpc
+from pyctr.daemon.runtime.port import ShimPort
 from pyctr.daemon.runtime.records import Container
 from pyctr.snapshotter.mount import unmount_all
 
@@ -56,13 +56,14 @@ async def remove_orphans(
     logs_dir: Path,
     runc: str,
     snapshotter: Any,
+    shims: ShimPort,
 ) -> None:
     ids = {c.id for c in records}
     prefixes = {cid[:16] for cid in ids}
     for entry in tasks_dir.iterdir():
         if entry.name not in prefixes and TASK_DIR.match(entry.name):
             log.warning("removing orphaned task dir %s", entry)
-            await _stop_orphan_shim(entry)
+            await _stop_orphan_shim(entry, shims)
             rootfs = entry / "rootfs"
             if rootfs.exists():
                 await asyncio.to_thread(unmount, rootfs)
@@ -72,7 +73,7 @@ async def remove_orphans(
             if entry.name not in ids and FULL_ID.match(entry.name):
                 log.warning("removing runc state of unknown container %s", entry.name[:12])
                 with contextlib.suppress(Exception):
-                    await shim_launch.cleanup_dead_shim(
+                    await shims.cleanup_dead(
                         tasks_dir / ".none", entry.name, runc=runc, runc_root=runc_root
                     )
     if snapshotter is not None:
@@ -84,10 +85,10 @@ async def remove_orphans(
                 entry.unlink(missing_ok=True)
 
 
-async def _stop_orphan_shim(task_dir: Path) -> None:
+async def _stop_orphan_shim(task_dir: Path, shims: ShimPort) -> None:
     """Make a shim nobody owns delete its container and exit (or kill it)."""
     try:
-        shim = await shim_rpc.connect_shim(task_dir, timeout=2.0)
+        shim = await shims.connect(task_dir, timeout=2.0)
     except Exception:
         shim = None
     if shim is not None:
@@ -97,7 +98,7 @@ async def _stop_orphan_shim(task_dir: Path) -> None:
         finally:
             await shim.close()
         return
-    pid = shim_launch.read_shim_pid(task_dir)
+    pid = shims.shim_pid(task_dir)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

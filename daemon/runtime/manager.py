@@ -42,12 +42,11 @@ from pyctr.daemon.errors import (
     Unavailable,
     disk_full,
 )
-from pyctr.daemon.runtime import shim_launch, shim_rpc
 from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.cleanup import remove_orphans, remove_task_dir, unmount
+from pyctr.daemon.runtime.port import LocalShims, ShimConnection, ShimPort
 from pyctr.daemon.runtime.records import ConsoleSize, Container
 from pyctr.daemon.runtime.shim_attach import AttachStream
-from pyctr.daemon.runtime.shim_rpc import ShimClient
 from pyctr.daemon.runtime.shim_types import ExitRecord, ShimOptions
 from pyctr.daemon.runtime.states import Op, Status, require
 from pyctr.daemon.runtime.store import new_id
@@ -79,7 +78,7 @@ class ExitEvent(asyncio.Event):
 
 @dataclass
 class Task:
-    shim: ShimClient
+    shim: ShimConnection
     watcher: asyncio.Task[None] | None = None
 
 
@@ -90,7 +89,7 @@ def exit_reason(record: ExitRecord) -> str:
 
 
 class RuntimeManager:
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, shims: ShimPort | None = None) -> None:
         self.ctx = ctx
         self.config = ctx.config
         self.store = CachedStore(ctx.db)
@@ -104,9 +103,13 @@ class RuntimeManager:
         # The loop holds tasks weakly: a watcher busy with an exit after its
         # Task entry is popped would be collected mid-teardown without this.
         self._watchers: set[asyncio.Task[None]] = set()
-        # Shims are forked from one pre-loaded process (fast, pages shared);
-        # without it (or while it is down) they are launched.
-        self.zygote = ShimZygote(ctx.config.state_dir) if ctx.config.runtime.shim_zygote else None
+        if shims is None:
+            # Shims are forked from one pre-loaded process (fast, pages shared);
+            # without it (or while it is down) they are launched.
+            zygote = ShimZygote(ctx.config.state_dir) if ctx.config.runtime.shim_zygote else None
+            shims = LocalShims(zygote)
+        # The only way to shim processes and runc (tests pass an in-memory fake).
+        self.shims: ShimPort = shims
 
     # -- paths and helpers ---------------------------------------------------
 
@@ -179,7 +182,7 @@ class RuntimeManager:
 
     # -- the task: shim and runc create ----------------------------------------
 
-    async def create_task(self, cid: str) -> ShimClient:
+    async def create_task(self, cid: str) -> ShimConnection:
         """The shim of a created or running container, spawned now if need be.
 
         After this the container's stdio exists (attach works) but its
@@ -194,7 +197,7 @@ class RuntimeManager:
             require(c.status, Op.CREATE_TASK, cid)
             return await self._create_task(c)
 
-    async def _create_task(self, c: Container, start: bool = False) -> ShimClient:
+    async def _create_task(self, c: Container, start: bool = False) -> ShimConnection:
         """Spawn the shim for created container c; the caller holds its lock.
 
         start: the shim starts the container too (one `runc run`), and
@@ -222,7 +225,7 @@ class RuntimeManager:
             systemd_cgroup=self.ctx.cgroups.systemd,
         )
         try:
-            shim = await shim_launch.spawn_shim(opts, zygote=self.zygote)
+            shim = await self.shims.launch(opts)
         except Exception as e:
             # runc create failed (the shim cleaned up after it): say why.
             await self._start_failed(c, str(e))
@@ -279,7 +282,7 @@ class RuntimeManager:
         self._publish("/tasks/start", c, pid=pid)
         return c
 
-    def _track(self, c: Container, shim: ShimClient) -> None:
+    def _track(self, c: Container, shim: ShimConnection) -> None:
         self._exit_event(c.id)
         task = Task(shim=shim)
         self._tasks[c.id] = task
@@ -296,7 +299,7 @@ class RuntimeManager:
                 await task.watcher
         return task
 
-    async def _watch(self, cid: str, shim: ShimClient) -> None:
+    async def _watch(self, cid: str, shim: ShimConnection) -> None:
         """Follow one shim's events until its container exits or it dies."""
         record: ExitRecord | None = None
         try:
@@ -324,7 +327,7 @@ class RuntimeManager:
             message = ""
             if record is None:
                 # The event stream ended without an exit: the shim died.
-                record = shim_launch.read_exit_record(self.task_dir(cid))
+                record = self.shims.exit_record(self.task_dir(cid))
                 if record is None:
                     message = "the container's shim died; its exit status is unknown"
                     try:
@@ -383,7 +386,7 @@ class RuntimeManager:
             log.exception("auto-removing %s", cid[:12])
 
     async def _cleanup_dead_shim(self, cid: str) -> ExitRecord:
-        return await shim_launch.cleanup_dead_shim(
+        return await self.shims.cleanup_dead(
             self.task_dir(cid),
             cid,
             runc=self._runc(),
@@ -391,7 +394,7 @@ class RuntimeManager:
             systemd_cgroup=self.ctx.cgroups.systemd,
         )
 
-    async def _teardown_task(self, c: Container, shim: ShimClient) -> None:
+    async def _teardown_task(self, c: Container, shim: ShimConnection) -> None:
         """runc delete through the shim, let it exit, then free the rootfs."""
         try:
             await shim.delete(force=True)
@@ -479,7 +482,7 @@ class RuntimeManager:
             # A failed `runc delete` (at exit, say) left runc's state, cgroup
             # and shim behind: clean them now, or fail and keep the record.
             task_dir = self.task_dir(cid)
-            if (Path(self.runc_root) / cid).exists() or shim_launch.read_shim_pid(task_dir):
+            if self.shims.has_runc_state(cid, self.runc_root) or self.shims.shim_pid(task_dir):
                 await self._cleanup_dead_shim(cid)
             # Record first: a crash from here on leaves only orphans, which
             # the next start sweeps (never a record without its snapshot).
@@ -533,7 +536,7 @@ class RuntimeManager:
         _set_console_size(process, console_size)
         return process
 
-    def shim(self, cid: str) -> ShimClient:
+    def shim(self, cid: str) -> ShimConnection:
         c = self.store.get(cid)
         require(c.status, Op.SIGNAL, cid)
         return self._task(cid).shim
@@ -554,8 +557,7 @@ class RuntimeManager:
         """Reconnect to live shims; take in exits that happened while we were down;
         remove what interrupted creates and removes left behind."""
         self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        if self.zygote is not None:  # ready before the first container starts
-            self._spawn(self.zygote.start())
+        self._spawn(self.shims.start())  # ready before the first container starts
         records = self.store.list()
         for c in records:
             try:
@@ -564,15 +566,15 @@ class RuntimeManager:
                 log.exception("recovering container %s", c.id[:12])
         await remove_orphans(
             records, self.tasks_dir, self.runc_root, self.logs_dir, self._runc(),
-            self.ctx.snapshotter,
+            self.ctx.snapshotter, self.shims,
         )  # fmt: skip
 
     async def _recover(self, c: Container) -> None:
         task_dir = self.task_dir(c.id)
-        has_runc_state = (Path(self.runc_root) / c.id).exists()
+        has_runc_state = self.shims.has_runc_state(c.id, self.runc_root)
         if c.status.may_have_shim:
             try:
-                shim = await shim_rpc.connect_shim(task_dir)
+                shim = await self.shims.connect(task_dir)
             except Unavailable:
                 shim = None
             if shim is not None:
@@ -581,7 +583,7 @@ class RuntimeManager:
                 self._track(c, shim)  # its first event says if it exited meanwhile
                 log.info("reconnected to the shim of %s", c.id[:12])
                 return
-            left = shim_launch.read_exit_record(task_dir) is not None or has_runc_state
+            left = self.shims.exit_record(task_dir) is not None or has_runc_state
             if c.status.is_running or left:
                 log.warning("shim of %s is gone; marking it exited", c.id[:12])
                 self._exit_event(c.id)
@@ -590,7 +592,7 @@ class RuntimeManager:
         # Exited: a crash between recording the exit and deleting the task
         # may have left the shim and runc's state behind.
         try:
-            shim = await shim_rpc.connect_shim(task_dir, timeout=2.0)
+            shim = await self.shims.connect(task_dir, timeout=2.0)
         except Exception:
             shim = None
         if shim is not None:
@@ -601,7 +603,7 @@ class RuntimeManager:
         if c.auto_remove:
             self._spawn(self._auto_remove(c.id))
 
-    async def _catch_up_start(self, c: Container, shim: ShimClient) -> Container:
+    async def _catch_up_start(self, c: Container, shim: ShimConnection) -> Container:
         """A crash between `runc start` and recording it: record it now."""
         try:
             state = await shim.state()
@@ -623,8 +625,7 @@ class RuntimeManager:
         self._tasks.clear()
         for bg in list(self._background):
             bg.cancel()
-        if self.zygote is not None:
-            await self.zygote.close()
+        await self.shims.close()
 
 
 def _set_console_size(process: dict[str, Any], size: ConsoleSize | None) -> None:
