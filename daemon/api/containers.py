@@ -38,6 +38,7 @@ from pyctr.daemon.spec.native import (
     parse_env,
     spec_builder,
 )
+from pyctr.daemon.spec.oci import exec_process
 from pyctr.daemon.spec.rootfs import UnknownUser, resolve_user
 from pyctr.proto import containers_pb2 as pb
 from pyctr.proto import containers_pb2_grpc
@@ -225,8 +226,8 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         if s.tty and s.HasField("size"):
             width, height = _size(s.size)
             size = ConsoleSize(width=width, height=height)
-        process = self.runtime.exec_process(
-            c, list(s.args), s.tty, env, cwd=s.workdir or None, user=user, console_size=size
+        process = exec_process(
+            c.spec, list(s.args), s.tty, env, cwd=s.workdir or None, user=user, console_size=size
         )
         exec_id = f"exec-{secrets.token_hex(8)}"
         stream = await shim.exec(exec_id, process, tty=s.tty, stdin=s.stdin)

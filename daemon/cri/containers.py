@@ -32,7 +32,7 @@ from pyctr.daemon.events import Event
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
 from pyctr.daemon.runtime.states import Op, require
 from pyctr.daemon.spec.cri import cri_signal, oci_resources, parse_signal
-from pyctr.daemon.spec.oci import write_bundle_config
+from pyctr.daemon.spec.oci import exec_process, write_bundle_config
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class ContainerRpcs:
         if request.timeout < 0:
             raise InvalidArgument("ExecSync timeout must not be negative")
         shim = runtime.shim(c.id)
-        process = runtime.exec_process(c, list(request.cmd))
+        process = exec_process(c.spec, list(request.cmd))
         timeout = float(request.timeout) or None
         result = await shim.exec_sync(
             f"sync-{secrets.token_hex(8)}", process, timeout=timeout, max_output=MAX_EXEC_OUTPUT

@@ -13,13 +13,15 @@
 Each container has a task dir `<state>/tasks/<id[:16]>` holding the bundle
 (config.json, rootfs) and the shim's files (socket, pid, log, exit record);
 it is short so the shim's socket path fits the 107-byte limit. Containers
-outlive the daemon: `recover` reconnects to every live shim at start, takes
-in exits that happened while the daemon was down, and removes what an
-interrupted create or remove left behind.
+outlive the daemon: `recover` (recovery.py) reconnects to every live shim
+at start, takes in exits that happened while the daemon was down, and
+removes what an interrupted create or remove left behind.
 
 Lifecycle calls on one container are serialised by a per-container lock;
 all of the daemon's state changes go through `self.store` (a write-through
 cache over the container table), which must be the only writer of it.
+Shim processes and runc are reached only through `self.shims`, the runtime
+port (port.py): the real shims by default, an in-memory fake in unit tests.
 """
 
 from __future__ import annotations
@@ -37,22 +39,21 @@ from typing import Any
 
 from pyctr.daemon.errors import (
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     Unavailable,
     disk_full,
 )
+from pyctr.daemon.runtime import recovery
 from pyctr.daemon.runtime.cache import CachedStore
-from pyctr.daemon.runtime.cleanup import remove_orphans, remove_task_dir, unmount
+from pyctr.daemon.runtime.cleanup import remove_task_dir, unmount
 from pyctr.daemon.runtime.port import LocalShims, ShimConnection, ShimPort
-from pyctr.daemon.runtime.records import ConsoleSize, Container
+from pyctr.daemon.runtime.records import Container
 from pyctr.daemon.runtime.shim_attach import AttachStream
 from pyctr.daemon.runtime.shim_types import ExitRecord, ShimOptions
 from pyctr.daemon.runtime.states import Op, Status, require
 from pyctr.daemon.runtime.store import new_id
 from pyctr.daemon.runtime.zygote import ShimZygote
-from pyctr.daemon.spec.oci import SpecOptions, build, write_bundle_config
-from pyctr.daemon.spec.rootfs import User
+from pyctr.daemon.spec.oci import SpecOptions, build, set_console_size, write_bundle_config
 from pyctr.snapshotter.mount import mount_all
 
 log = logging.getLogger("pyctr.runtime")
@@ -165,7 +166,7 @@ class RuntimeManager:
             opts = spec_builder(rootfs, image_config)
             opts.rootfs = str(rootfs)
             record.spec = build(opts)
-            _set_console_size(record.spec["process"], record.console_size)
+            set_console_size(record.spec["process"], record.console_size)
             write_bundle_config(task_dir, record.spec)
             record.status = Status.CREATED
             self.store.add(record)
@@ -505,37 +506,6 @@ class RuntimeManager:
 
     # -- exec, attach, and the rest ------------------------------------------
 
-    def exec_process(
-        self,
-        c: Container,
-        args: list[str],
-        tty: bool = False,
-        env: list[str] | None = None,
-        *,
-        cwd: str | None = None,
-        user: User | None = None,
-        console_size: ConsoleSize | None = None,
-    ) -> dict[str, Any]:
-        """An exec's OCI process: the container's, with other args (and env, cwd, user,
-        initial terminal size)."""
-        if not args:
-            raise InvalidArgument("exec needs a command")
-        process = dict(c.spec.get("process") or {})
-        process.update(args=list(args), terminal=tty)
-        if env:
-            process["env"] = list(process.get("env") or []) + env
-        if cwd:
-            process["cwd"] = cwd
-        if user is not None:
-            process["user"] = {
-                "uid": user.uid,
-                "gid": user.gid,
-                "additionalGids": user.additional_gids,
-            }
-        process.pop("consoleSize", None)
-        _set_console_size(process, console_size)
-        return process
-
     def shim(self, cid: str) -> ShimConnection:
         c = self.store.get(cid)
         require(c.status, Op.SIGNAL, cid)
@@ -554,65 +524,8 @@ class RuntimeManager:
     # -- daemon start and stop -----------------------------------------------
 
     async def recover(self) -> None:
-        """Reconnect to live shims; take in exits that happened while we were down;
-        remove what interrupted creates and removes left behind."""
-        self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        self._spawn(self.shims.start())  # ready before the first container starts
-        records = self.store.list()
-        for c in records:
-            try:
-                await self._recover(c)
-            except Exception:
-                log.exception("recovering container %s", c.id[:12])
-        await remove_orphans(
-            records, self.tasks_dir, self.runc_root, self.logs_dir, self._runc(),
-            self.ctx.snapshotter, self.shims,
-        )  # fmt: skip
-
-    async def _recover(self, c: Container) -> None:
-        task_dir = self.task_dir(c.id)
-        has_runc_state = self.shims.has_runc_state(c.id, self.runc_root)
-        if c.status.may_have_shim:
-            try:
-                shim = await self.shims.connect(task_dir)
-            except Unavailable:
-                shim = None
-            if shim is not None:
-                if c.status.can_start:
-                    c = await self._catch_up_start(c, shim)
-                self._track(c, shim)  # its first event says if it exited meanwhile
-                log.info("reconnected to the shim of %s", c.id[:12])
-                return
-            left = self.shims.exit_record(task_dir) is not None or has_runc_state
-            if c.status.is_running or left:
-                log.warning("shim of %s is gone; marking it exited", c.id[:12])
-                self._exit_event(c.id)
-                await self._on_exit(c.id, None)
-            return
-        # Exited: a crash between recording the exit and deleting the task
-        # may have left the shim and runc's state behind.
-        try:
-            shim = await self.shims.connect(task_dir, timeout=2.0)
-        except Exception:
-            shim = None
-        if shim is not None:
-            await self._teardown_task(c, shim)
-        elif has_runc_state:
-            await self._cleanup_dead_shim(c.id)
-        await self._release_rootfs(c)
-        if c.auto_remove:
-            self._spawn(self._auto_remove(c.id))
-
-    async def _catch_up_start(self, c: Container, shim: ShimConnection) -> Container:
-        """A crash between `runc start` and recording it: record it now."""
-        try:
-            state = await shim.state()
-        except Exception:
-            return c
-        if state.status in ("running", "paused", "stopped"):
-            status = c.status.after(Op.START)
-            return self.store.update(c.id, status=status, pid=state.pid, started_at=time.time_ns())
-        return c
+        """At daemon start: take over the containers the last daemon left (see recovery)."""
+        await recovery.recover(self)
 
     async def close(self) -> None:
         """Let go of the shims (they and their containers keep running)."""
@@ -626,9 +539,3 @@ class RuntimeManager:
         for bg in list(self._background):
             bg.cancel()
         await self.shims.close()
-
-
-def _set_console_size(process: dict[str, Any], size: ConsoleSize | None) -> None:
-    """runc sizes a process's terminal before the process starts (no resize race)."""
-    if size and process.get("terminal") and size.width and size.height:
-        process["consoleSize"] = {"height": size.height, "width": size.width}

@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pyctr.daemon.errors import InvalidArgument
 from pyctr.daemon.spec.rootfs import User
+
+if TYPE_CHECKING:
+    from pyctr.daemon.runtime.records import ConsoleSize
 
 OCI_VERSION = "1.0.2"
 
@@ -256,3 +260,40 @@ def write_bundle_config(bundle: Path, spec: dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         f.write(json.dumps(spec, separators=(",", ":")))
     os.replace(tmp, bundle / "config.json")
+
+
+def exec_process(
+    spec: dict[str, Any],
+    args: list[str],
+    tty: bool = False,
+    env: list[str] | None = None,
+    *,
+    cwd: str | None = None,
+    user: User | None = None,
+    console_size: ConsoleSize | None = None,
+) -> dict[str, Any]:
+    """An exec's OCI process: the container's (from its spec), with other args
+    (and env, cwd, user, initial terminal size)."""
+    if not args:
+        raise InvalidArgument("exec needs a command")
+    process = dict(spec.get("process") or {})
+    process.update(args=list(args), terminal=tty)
+    if env:
+        process["env"] = list(process.get("env") or []) + env
+    if cwd:
+        process["cwd"] = cwd
+    if user is not None:
+        process["user"] = {
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": user.additional_gids,
+        }
+    process.pop("consoleSize", None)
+    set_console_size(process, console_size)
+    return process
+
+
+def set_console_size(process: dict[str, Any], size: ConsoleSize | None) -> None:
+    """runc sizes a process's terminal before the process starts (no resize race)."""
+    if size and process.get("terminal") and size.width and size.height:
+        process["consoleSize"] = {"height": size.height, "width": size.width}

@@ -13,6 +13,7 @@ import signal
 from typing import Any
 
 from pyctr.daemon.errors import PyctrError
+from pyctr.daemon.spec.oci import exec_process
 from pyctr.daemon.streaming.remotecommand import Started
 from pyctr.daemon.streaming.requests import AttachRequest, ExecRequest
 
@@ -26,7 +27,7 @@ class RuntimeBackend:
     async def start_exec(self, req: ExecRequest) -> Started:
         container = self.runtime.store.get(req.container_id)
         shim = self.runtime.shim(container.id)
-        process = self.runtime.exec_process(container, list(req.cmd), tty=req.tty)
+        process = exec_process(container.spec, list(req.cmd), tty=req.tty)
         exec_id = "stream-" + secrets.token_hex(8)
         stream = await shim.exec(exec_id, process, tty=req.tty, stdin=req.stdin)
 

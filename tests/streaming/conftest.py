@@ -63,9 +63,6 @@ class ShimRuntime:
             raise FailedPrecondition(f"container {cid} is not running")
         return shim
 
-    def exec_process(self, c: Container, args: list[str], tty: bool = False) -> dict[str, Any]:
-        return dict(c.spec["process"], args=list(args), terminal=tty)
-
 
 @pytest.fixture
 async def runtime() -> AsyncIterator[ShimRuntime]:
