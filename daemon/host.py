@@ -12,8 +12,9 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pyctr.snapshotter.overlay import overlay_supported
 
 if TYPE_CHECKING:
     from pyctr.daemon.cgroups import Cgroups
@@ -45,16 +46,6 @@ def runc_version(path: str | None) -> str:
     return out.splitlines()[0] if out else ""
 
 
-def has_overlayfs() -> bool:
-    try:
-        return any(
-            line.split()[-1] == "overlay"
-            for line in Path("/proc/filesystems").read_text().splitlines()
-        )
-    except OSError:
-        return False
-
-
 def cni_configs(conf_dir: str) -> list[str]:
     try:
         names = sorted(os.listdir(conf_dir))
@@ -68,7 +59,7 @@ def features(conf_dir: str, bin_dir: str, cgroups: Cgroups) -> list[Feature]:
     cni_detail = ", ".join(configs) if configs else f"no network config in {conf_dir}"
     plugins = sorted(os.listdir(bin_dir)) if os.path.isdir(bin_dir) else []
     return [
-        Feature("overlayfs", "yes" if has_overlayfs() else "no"),
+        Feature("overlayfs", "yes" if overlay_supported() else "no"),
         Feature("cgroup", cgroups.version),
         Feature("cgroup-driver", cgroups.driver, cgroups.reason),
         Feature("cni", "yes" if configs else "no", cni_detail),

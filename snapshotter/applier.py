@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -36,7 +35,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyctr.snapshotter.base import DIFF_ID_LABEL, EXTRACT_PREFIX, Kind, LayerTarget, Snapshotter
+from pyctr.snapshotter.base import (
+    DIFF_ID_LABEL,
+    EXTRACT_PREFIX,
+    Kind,
+    LayerTarget,
+    Snapshotter,
+    chain_ids,
+)
 from pyctr.snapshotter.decode import RAW_CHUNK, Blob, LayerDecoder, Reader, compression_of
 from pyctr.snapshotter.errors import (
     AlreadyExists,
@@ -58,29 +64,6 @@ class Layer:
     diff_id: str  # "sha256:..." of the uncompressed tar
     media_type: str  # OCI or Docker layer media type
     open: Callable[[], Blob]  # blocks until the compressed blob is available
-
-
-def _check_digest(digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or hexpart.strip("0123456789abcdef"):
-        raise InvalidArgument(f"diff ID {digest!r} is not a sha256 digest")
-    return digest
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """Chain IDs, per the OCI image spec.
-
-    chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
-    """
-    out: list[str] = []
-    for diff_id in diff_ids:
-        _check_digest(diff_id)
-        if not out:
-            out.append(diff_id)
-        else:
-            text = f"{out[-1]} {diff_id}".encode()
-            out.append("sha256:" + hashlib.sha256(text).hexdigest())
-    return out
 
 
 def _read_to_end(raw: Reader) -> Exception | None:

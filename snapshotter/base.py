@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -169,3 +170,26 @@ def check_labels(labels: Mapping[str, str]) -> str:
     if total > MAX_LABELS_BYTES:
         raise InvalidArgument(f"snapshot labels exceed {MAX_LABELS_BYTES} bytes")
     return json.dumps(dict(sorted(labels.items())), ensure_ascii=False)
+
+
+def _check_digest(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or hexpart.strip("0123456789abcdef"):
+        raise InvalidArgument(f"diff ID {digest!r} is not a sha256 digest")
+    return digest
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """Chain IDs, per the OCI image spec.
+
+    chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
+    """
+    out: list[str] = []
+    for diff_id in diff_ids:
+        _check_digest(diff_id)
+        if not out:
+            out.append(diff_id)
+        else:
+            text = f"{out[-1]} {diff_id}".encode()
+            out.append("sha256:" + hashlib.sha256(text).hexdigest())
+    return out

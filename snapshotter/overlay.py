@@ -23,6 +23,7 @@ from pyctr.snapshotter.store import DirSnapshotter
 
 
 def overlay_supported() -> bool:
+    """Whether the kernel lists overlay in /proc/filesystems (also a host probe)."""
     try:
         return any(
             line.split()[-1] == "overlay"

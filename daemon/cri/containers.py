@@ -15,7 +15,6 @@ import contextlib
 import copy
 import logging
 import secrets
-import signal as signals
 from collections.abc import AsyncIterator
 
 import grpc
@@ -26,12 +25,11 @@ from pyctr.daemon.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
-    PyctrError,
 )
 from pyctr.daemon.events import Event
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
 from pyctr.daemon.runtime.states import Op, require
-from pyctr.daemon.spec.cri import cri_signal, oci_resources, parse_signal
+from pyctr.daemon.spec.cri import oci_resources
 from pyctr.daemon.spec.oci import exec_process, write_bundle_config
 from pyctr.proto import cri_pb2 as cri
 
@@ -47,21 +45,6 @@ _EVENT_TYPES = {
     "/tasks/exit": cri.CONTAINER_STOPPED_EVENT,
     "/containers/delete": cri.CONTAINER_DELETED_EVENT,
 }
-
-
-def stop_signal(c: CriContainer) -> int:
-    """The request's stop signal, else the image's StopSignal, else SIGTERM."""
-    with contextlib.suppress(PyctrError, ValueError):
-        sig = cri_signal(c.stop_signal)
-        if sig:
-            return sig
-    image_signal = c.image_stop_signal
-    if image_signal:
-        try:
-            return parse_signal(image_signal)
-        except PyctrError:
-            log.warning("image StopSignal %r of %s is not a signal", image_signal, c.id[:12])
-    return int(signals.SIGTERM)
 
 
 class ContainerRpcs:
@@ -90,7 +73,7 @@ class ContainerRpcs:
             return cri.StopContainerResponse()  # nothing left to stop
         timeout = max(0, request.timeout)
         with contextlib.suppress(NotFound):  # removed meanwhile
-            await self.ctx.runtime.stop(c.id, timeout, stop_signal(c))
+            await self.ctx.runtime.stop(c.id, timeout, convert.stop_signal(c, warn=True))
         return cri.StopContainerResponse()
 
     async def RemoveContainer(  # noqa: N802

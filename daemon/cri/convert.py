@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
+import signal as signals
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +21,8 @@ from pyctr.daemon.runtime.records import CriContainer, Sandbox
 from pyctr.daemon.runtime.states import Status
 from pyctr.daemon.spec.cri import cri_resources, cri_signal, parse_signal
 from pyctr.proto import cri_pb2 as cri
+
+log = logging.getLogger(__name__)
 
 _STATES = {
     Status.CREATED: cri.CONTAINER_CREATED,
@@ -157,25 +161,37 @@ def container_matches(c: CriContainer, f: cri.ContainerFilter) -> bool:
     return labels_match(c.labels, f.label_selector)
 
 
+def stop_signal(c: CriContainer, *, warn: bool = False) -> int:
+    """The signal StopContainer sends: the request's, else the image's
+    StopSignal, else SIGTERM. `warn` logs an image StopSignal that is not one."""
+    with contextlib.suppress(PyctrError, ValueError):
+        sig = cri_signal(c.stop_signal)
+        if sig:
+            return sig
+    if c.image_stop_signal:
+        try:
+            return parse_signal(c.image_stop_signal)
+        except PyctrError:
+            if warn:
+                log.warning(
+                    "image StopSignal %r of %s is not a signal", c.image_stop_signal, c.id[:12]
+                )
+    return int(signals.SIGTERM)
+
+
 _SIGNAL_ENUM: dict[int, int] = {}
 
 
 def status_stop_signal(c: CriContainer) -> int:
-    """The signal StopContainer will send, as a CRI Signal (as containerd
-    reports it; the kubelet shows it as the container's stopSignal): the
-    request's, else the image's StopSignal, else SIGTERM."""
-    requested = c.stop_signal
-    if requested:
-        return requested
+    """stop_signal() as a CRI Signal (as containerd reports it; the kubelet
+    shows it as the container's stopSignal); a requested one as given."""
+    if c.stop_signal:
+        return c.stop_signal
     if not _SIGNAL_ENUM:  # number -> enum value, first (canonical) name winning
         for value in reversed(cri.Signal.values()):
             if value:
                 _SIGNAL_ENUM[cri_signal(value)] = value
-    with contextlib.suppress(PyctrError):
-        image_signal = c.image_stop_signal
-        if image_signal:
-            return _SIGNAL_ENUM.get(parse_signal(image_signal), cri.SIGNAL_SIGTERM)
-    return cri.SIGNAL_SIGTERM
+    return _SIGNAL_ENUM.get(stop_signal(c), cri.SIGNAL_SIGTERM)
 
 
 def _resources(c: CriContainer) -> cri.ContainerResources:

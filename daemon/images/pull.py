@@ -58,6 +58,7 @@ from pyctr.daemon.images.registry import (
 )
 from pyctr.daemon.images.store import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
 from pyctr.daemon.snapshots import Snapshots, snapshotter_errors
+from pyctr.snapshotter.base import chain_ids
 
 if TYPE_CHECKING:
     from pyctr.daemon.images.gc import GarbageCollector
@@ -112,18 +113,6 @@ class PullProgress:
     def set_phase(self, phase: str) -> None:
         self.phase = phase
         self.changed.set()
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """Chain IDs of a layer stack (OCI image spec): the snapshot names."""
-    import hashlib
-
-    out: list[str] = []
-    for d in diff_ids:
-        out.append(
-            d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest()
-        )
-    return out
 
 
 class _Aborted(Exception):

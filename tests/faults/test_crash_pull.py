@@ -24,8 +24,8 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from pyctr.daemon.images.pull import chain_ids
 from pyctr.proto import cri_pb2, images_pb2, images_pb2_grpc
+from pyctr.snapshotter.base import chain_ids
 from tests.faults.conftest import Client, FaultImages, seeds
 from tests.faults.consistency import blob_digests, ingests, problems, query, snapshots
 from tests.faults.netfaults import SlowProxy
