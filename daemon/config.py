@@ -207,12 +207,30 @@ def _check_choices(config: Config) -> None:
             raise InvalidArgument(f"config: {name!r} must be an absolute path")
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A TOML value: bool, number, string or a list of them."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str | list):
-        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
     return repr(value)
+
+
+def dump_toml(data: typing.Mapping[str, Any], table: str = "") -> str:
+    """Plain nested dicts as TOML (no comments): what tests and tools write
+    as a config; `render` is the commented form of a whole Config."""
+    lines, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{json.dumps(key)} = {toml_value(value)}")
+    out = (f"[{table}]\n" if table and lines else "") + "".join(line + "\n" for line in lines)
+    for key, value in tables:
+        out += dump_toml(value, f"{table}.{json.dumps(key)}" if table else json.dumps(key))
+    return out
 
 
 SECRET_KEYS = frozenset({"password", "auth"})
@@ -234,7 +252,7 @@ def render(config: Config, *, redact: bool = True) -> str:
             if redact and f.name in SECRET_KEYS and value:
                 value = "<redacted>"
             lines.append(f"# {f.metadata['doc']}")
-            lines.append(f"{f.name} = {_toml_value(value)}")
+            lines.append(f"{f.name} = {toml_value(value)}")
         if table == "registry":
             hosts = obj.hosts or {"myregistry:5000": None}
             for host, settings in hosts.items():
@@ -245,9 +263,7 @@ def render(config: Config, *, redact: bool = True) -> str:
                     value = getattr(shown, hf.name)
                     if redact and hf.name in SECRET_KEYS and value:
                         value = "<redacted>"
-                    lines.append(
-                        f"{prefix}{hf.name} = {_toml_value(value)}  # {hf.metadata['doc']}"
-                    )
+                    lines.append(f"{prefix}{hf.name} = {toml_value(value)}  # {hf.metadata['doc']}")
         for f, value in sections:
             name = f"{table}.{f.name}" if table else f.name
             lines.extend(["", f"# {f.metadata['doc']}", f"[{name}]"])

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # ExecSync output kept per stream: both together, with the answer's envelope,
 # must fit the kubelet's (and our) 16 MiB message limit, or the probe fails.
 MAX_EXEC_OUTPUT = 8 * 1024 * 1024 - 4096
-STREAM_CHUNK = 500
 _EVENT_TYPES = {
     "/containers/create": cri.CONTAINER_CREATED_EVENT,
     "/tasks/start": cri.CONTAINER_STARTED_EVENT,
@@ -102,9 +101,8 @@ class ContainerRpcs:
     async def StreamContainers(  # noqa: N802
         self, request: cri.StreamContainersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cri.StreamContainersResponse]:
-        items = self._containers(request.filter)
-        for i in range(0, max(len(items), 1), STREAM_CHUNK):
-            yield cri.StreamContainersResponse(containers=items[i : i + STREAM_CHUNK])
+        for part in convert.chunks(self._containers(request.filter)):
+            yield cri.StreamContainersResponse(containers=part)
 
     async def ContainerStatus(  # noqa: N802
         self, request: cri.ContainerStatusRequest, context: grpc.aio.ServicerContext

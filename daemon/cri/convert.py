@@ -13,8 +13,8 @@ import json
 import logging
 import signal as signals
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.runtime.records import CriContainer, Sandbox
@@ -23,6 +23,11 @@ from pyctr.daemon.spec.cri import cri_resources, cri_signal, parse_signal
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Items per message of a CRI Stream* call: well under the 16 MiB message limit
+# for the largest summaries (stats pass a smaller size).
+STREAM_CHUNK = 500
 
 _STATES = {
     Status.CREATED: cri.CONTAINER_CREATED,
@@ -249,3 +254,10 @@ def container_info(c: CriContainer) -> dict[str, str]:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def chunks(items: Sequence[T], size: int = STREAM_CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in slices of `size` for a Stream* call; one empty slice for no
+    items, so the stream always answers once."""
+    for i in range(0, max(len(items), 1), size):
+        yield items[i : i + size]

@@ -24,9 +24,6 @@ from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
 
-# Sandboxes per StreamPodSandboxes message: far below the message size limit.
-STREAM_CHUNK = 500
-
 
 class SandboxRpcs:
     ctx: Context
@@ -80,9 +77,8 @@ class SandboxRpcs:
     async def StreamPodSandboxes(  # noqa: N802
         self, request: cri.StreamPodSandboxesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cri.StreamPodSandboxesResponse]:
-        pods = self._pods(request.filter)
-        for i in range(0, max(len(pods), 1), STREAM_CHUNK):
-            yield cri.StreamPodSandboxesResponse(pod_sandboxes=pods[i : i + STREAM_CHUNK])
+        for part in convert.chunks(self._pods(request.filter)):
+            yield cri.StreamPodSandboxesResponse(pod_sandboxes=part)
 
     async def UpdatePodSandboxResources(  # noqa: N802
         self, request: cri.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext

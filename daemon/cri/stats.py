@@ -29,7 +29,7 @@ from pyctr.proto import cri_pb2 as cri
 from pyctr.shim.cgroups import Cgroup, pressure, swap
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-STREAM_CHUNK = 200
+STATS_CHUNK = 200  # stats per Stream*Stats message (a stats entry is larger)
 
 
 def _u64(value: int | None) -> cri.UInt64Value | None:
@@ -294,8 +294,8 @@ class StatsRpcs:
         self, request: cri.StreamContainerStatsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cri.StreamContainerStatsResponse]:
         stats = await self._container_stats(request.filter)
-        for i in range(0, max(len(stats), 1), STREAM_CHUNK):
-            yield cri.StreamContainerStatsResponse(container_stats=stats[i : i + STREAM_CHUNK])
+        for part in convert.chunks(stats, STATS_CHUNK):
+            yield cri.StreamContainerStatsResponse(container_stats=part)
 
     async def _pod_stats(self, pods: list[Sandbox]) -> list[cri.PodSandboxStats]:
         members: dict[str, list[CriContainer]] = {sb.id: [] for sb in pods}
@@ -338,5 +338,5 @@ class StatsRpcs:
         self, request: cri.StreamPodSandboxStatsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cri.StreamPodSandboxStatsResponse]:
         stats = await self._list_pod_stats(request.filter)
-        for i in range(0, max(len(stats), 1), STREAM_CHUNK):
-            yield cri.StreamPodSandboxStatsResponse(pod_sandbox_stats=stats[i : i + STREAM_CHUNK])
+        for part in convert.chunks(stats, STATS_CHUNK):
+            yield cri.StreamPodSandboxStatsResponse(pod_sandbox_stats=part)

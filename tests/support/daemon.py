@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -12,36 +11,12 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import grpc
 
+from pyctr.daemon.config import dump_toml
 from tests.support import cgroups
 from tests.support.timing import scaled
-
-
-def dump_toml(data: dict[str, Any], table: str = "") -> str:
-    """Enough TOML for test configs: tables, strings, numbers, bools, lists."""
-    lines, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
-    out = (f"[{table}]\n" if table and lines else "") + "".join(line + "\n" for line in lines)
-    for key, value in tables:
-        out += dump_toml(value, f"{table}.{json.dumps(key)}" if table else json.dumps(key))
-    return out
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
 
 
 class DaemonError(Exception):
