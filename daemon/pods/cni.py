@@ -10,14 +10,7 @@ network is ready, and runs the plugins' chain for a pod:
     net.ips                                       # PodSandboxStatus.network
     await cni.teardown(pod_id, netns_path)        # before removing the netns
 
-Which config: the files in conf_dir ending .conflist, .conf or .json, in
-lexical order; the first that loads as a network (a JSON object with a name
-and either a plugin list or a single plugin's `type`, which is wrapped into a
-list) is *the* network, the kubelet/containerd convention. Files that do not
-load are skipped, and named in the status message if none loads. The chosen
-network must then also be usable (supported cniVersion, every plugin binary
-present in bin_dir), or the network is not ready: a missing plugin never
-silently moves pods onto a later, different network.
+Which network, and whether it is ready: pyctr.daemon.pods.cni_config.
 
 The ADD result (and the config and arguments it was made with) is cached in
 cache_dir per pod, written *before* the first plugin runs and completed after
@@ -44,23 +37,22 @@ from typing import Any
 
 from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument
 from pyctr.daemon.pods import netns
+from pyctr.daemon.pods.cni_config import (
+    NAME_RE,
+    PLUGIN_RE,
+    Network,
+    NetworkConfig,
+    find_plugin,
+    version_tuple,
+)
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
-CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 DEFAULT_IFNAME = "eth0"
 DEFAULT_TIMEOUT = 60.0
-MAX_CONFIG_BYTES = 1 << 20
 # CNI 1.0's rule for network names; container IDs get the same alphabet.
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_PLUGIN_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _PROTOCOLS = ("tcp", "udp", "sctp")
 _IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.\-]{1,15}$")
-
-
-class NetworkNotReady(FailedPrecondition):
-    """No usable CNI network: setup cannot run."""
 
 
 class CniPluginError(Internal):
@@ -107,93 +99,6 @@ class PodNetwork:
     ips: list[str]
     interface: str
     result: dict[str, Any] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Network:
-    """A loaded network config, always in conflist form."""
-
-    path: str
-    name: str
-    cni_version: str
-    plugins: tuple[dict[str, Any], ...]
-    disable_check: bool
-    raw: dict[str, Any] = field(repr=False)
-
-    @classmethod
-    def from_conflist(cls, raw: dict[str, Any], path: str) -> Network:
-        return cls(
-            path=path,
-            name=str(raw.get("name", "")),
-            cni_version=str(raw.get("cniVersion", "")),
-            plugins=tuple(raw["plugins"]),
-            disable_check=raw.get("disableCheck") is True,
-            raw=raw,
-        )
-
-
-def _version_tuple(v: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in v.split("."))
-    except ValueError:
-        return (0,)
-
-
-def load_network_file(path: Path) -> Network:
-    """Parse one config file into a Network; ValueError says why it cannot."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ValueError("larger than 1 MiB")
-    try:
-        raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
-    if not isinstance(raw.get("name"), str) or not raw["name"]:
-        raise ValueError('no "name"')
-    if "plugins" in raw:
-        plugins = raw["plugins"]
-        if not isinstance(plugins, list) or not plugins:
-            raise ValueError('"plugins" is not a non-empty list')
-        if not all(isinstance(p, dict) for p in plugins):
-            raise ValueError('"plugins" holds something other than objects')
-        return Network.from_conflist(raw, str(path))
-    if "type" in raw:  # a single-plugin .conf: the list is just that plugin
-        wrapped = {"cniVersion": raw.get("cniVersion", ""), "name": raw["name"], "plugins": [raw]}
-        return Network.from_conflist(wrapped, str(path))
-    raise ValueError('neither "plugins" nor "type"')
-
-
-def find_plugin(plugin_type: str, bin_dirs: Sequence[str]) -> str | None:
-    for d in bin_dirs:
-        candidate = os.path.join(d, plugin_type)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def network_problem(net: Network, bin_dirs: Sequence[str]) -> str | None:
-    """Why a loaded network cannot be used, or None if it can."""
-    where = f"CNI network {net.name!r} ({net.path})"
-    if not _NAME_RE.match(net.name):
-        return f"{where}: invalid network name"
-    if net.cni_version not in SUPPORTED_VERSIONS:
-        return (
-            f"{where}: cniVersion {net.cni_version!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_VERSIONS)})"
-        )
-    missing = []
-    for i, plugin in enumerate(net.plugins):
-        ptype = plugin.get("type")
-        if not isinstance(ptype, str) or not _PLUGIN_RE.match(ptype):
-            return f"{where}: plugin {i} has no valid type ({ptype!r})"
-        if find_plugin(ptype, bin_dirs) is None:
-            missing.append(ptype)
-    if missing:
-        return f"{where}: CNI plugin binary {', '.join(missing)} not found in {':'.join(bin_dirs)}"
-    return None
 
 
 def pod_ips(result: dict[str, Any], ifname: str = DEFAULT_IFNAME) -> list[str]:
@@ -244,93 +149,21 @@ class CniManager:
         self.bin_dirs = [d for d in bin_dir.split(":") if d]
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
-        self._status_key: tuple[Any, ...] | None = None
-        self._status: tuple[Network | None, str] = (None, "")
-        self._plugin_types: tuple[str, ...] = ()
+        self.config = NetworkConfig(conf_dir, self.bin_dirs)
         self._locks: dict[str, asyncio.Lock] = {}
-
-    # -- config -----------------------------------------------------------
-
-    def _stat_key(self) -> tuple[Any, ...]:
-        """What the status depends on: the dirs' mtimes and each config file's
-        identity, so edits in place and new plugin binaries are both seen."""
-        parts: list[Any] = []
-        for d in [self.conf_dir, *self.bin_dirs]:
-            try:
-                parts.append(os.stat(d).st_mtime_ns)
-            except OSError:
-                parts.append(None)
-        with contextlib.suppress(OSError):
-            for name in sorted(os.listdir(self.conf_dir)):
-                if name.endswith(CONFIG_SUFFIXES):
-                    with contextlib.suppress(OSError):
-                        st = os.stat(os.path.join(self.conf_dir, name))
-                        parts.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
-        # The chosen network's plugin binaries: a chmod or an in-place upgrade
-        # does not change their dir's mtime.
-        for ptype in self._plugin_types:
-            for d in self.bin_dirs:
-                try:
-                    st = os.stat(os.path.join(d, ptype))
-                    parts.append((d, ptype, st.st_mode, st.st_mtime_ns, st.st_ino))
-                except OSError:
-                    parts.append((d, ptype, None))
-        return tuple(parts)
-
-    def _load(self) -> tuple[Network | None, str]:
-        self._plugin_types = ()
-        try:
-            names = sorted(os.listdir(self.conf_dir))
-        except OSError as e:
-            return None, f"cannot read CNI config dir {self.conf_dir}: {e.strerror}"
-        skipped: list[str] = []
-        for name in names:
-            if not name.endswith(CONFIG_SUFFIXES):
-                continue
-            path = Path(self.conf_dir) / name
-            try:
-                net = load_network_file(path)
-            except (OSError, ValueError) as e:
-                skipped.append(f"{name}: {e}")
-                continue
-            self._plugin_types = tuple(
-                p["type"] for p in net.plugins if isinstance(p.get("type"), str)
-            )
-            problem = network_problem(net, self.bin_dirs)
-            if problem:
-                return None, problem
-            return net, f"CNI network {net.name!r} ({path}) is ready"
-        if skipped:
-            return None, f"no valid CNI network config in {self.conf_dir}: " + "; ".join(skipped)
-        return None, f"no CNI network config found in {self.conf_dir}"
-
-    def _current(self) -> tuple[Network | None, str]:
-        key = self._stat_key()
-        if key != self._status_key:
-            # The key was taken before loading, so a change made while loading
-            # is seen next time (and so is a new plugin list: one extra load).
-            self._status = self._load()
-            self._status_key = key
-            if self._status[0] is None:
-                log.warning("CNI network not ready: %s", self._status[1])
-        return self._status
 
     def status(self) -> tuple[bool, str]:
         """(ready, message): cheap, the config is re-read only when it changed."""
-        net, message = self._current()
-        return net is not None, message
+        return self.config.status()
 
     def network(self) -> Network:
         """The usable network, or NetworkNotReady saying why there is none."""
-        net, message = self._current()
-        if net is None:
-            raise NetworkNotReady(f"network not ready: {message}")
-        return net
+        return self.config.network()
 
     # -- cache ------------------------------------------------------------
 
     def _cache_path(self, pod_id: str) -> Path:
-        if not _NAME_RE.match(pod_id) or len(pod_id) > 128:
+        if not NAME_RE.match(pod_id) or len(pod_id) > 128:
             raise InvalidArgument(f"invalid pod sandbox id {pod_id!r}")
         return self.cache_dir / f"{pod_id}.json"
 
@@ -489,7 +322,7 @@ class CniManager:
             if entry is None or not isinstance(entry.get("result"), dict):
                 return
             net = Network.from_conflist(entry["network"], "<cache>")
-            if net.disable_check or _version_tuple(net.cni_version) < (0, 4, 0):
+            if net.disable_check or version_tuple(net.cni_version) < (0, 4, 0):
                 return
             path = netns_path or str(entry.get("netns", ""))
             for plugin in net.plugins:
@@ -515,7 +348,7 @@ class CniManager:
         path = netns_path if netns_path and netns.is_netns(netns_path) else ""
         prev = entry.get("result")
         # prevResult on DEL exists from 0.4.0 on; older plugins do not expect it.
-        if _version_tuple(net.cni_version) < (0, 4, 0) or not isinstance(prev, dict):
+        if version_tuple(net.cni_version) < (0, 4, 0) or not isinstance(prev, dict):
             prev = None
         for plugin in reversed(net.plugins):
             await self._exec("DEL", net, plugin, pod_id, path, entry, prev)
@@ -531,7 +364,7 @@ class CniManager:
         prev: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
         ptype = str(plugin.get("type", ""))
-        binary = find_plugin(ptype, self.bin_dirs) if _PLUGIN_RE.match(ptype) else None
+        binary = find_plugin(ptype, self.bin_dirs) if PLUGIN_RE.match(ptype) else None
         if binary is None:
             raise CniPluginError(ptype, command, f"plugin not found in {':'.join(self.bin_dirs)}")
         conf = dict(plugin)

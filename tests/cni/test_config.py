@@ -11,13 +11,8 @@ from typing import Any
 import pytest
 
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.pods.cni import (
-    CniManager,
-    NetworkNotReady,
-    PortMapping,
-    load_network_file,
-    pod_ips,
-)
+from pyctr.daemon.pods.cni import CniManager, PortMapping, pod_ips
+from pyctr.daemon.pods.cni_config import NetworkNotReady, load_network_file
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cni" / "10-pyctr-bridge.conflist"
