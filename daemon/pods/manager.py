@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import re
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +45,7 @@ from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from pyctr.daemon.images.reference import parse
 from pyctr.daemon.pods import netns
 from pyctr.daemon.pods.cni import CniManager, PodNetwork, PortMapping
+from pyctr.daemon.pods.files import HOSTNAME_RE, PodFiles, resolv_conf
 from pyctr.daemon.runtime.records import (
     ContainerMetadata,
     CriContainer,
@@ -63,7 +61,6 @@ from pyctr.daemon.runtime.store import ID_RE, new_id
 from pyctr.daemon.spec.cri import (
     NODE,
     POD,
-    SHM_SIZE,
     TARGET,
     ContainerPlan,
     PodView,
@@ -73,8 +70,6 @@ from pyctr.daemon.spec.cri import (
     sandbox_options,
 )
 from pyctr.proto import cri_pb2 as cri
-from pyctr.snapshotter.mount import Mount as HostMount
-from pyctr.snapshotter.mount import unmount_all
 
 if TYPE_CHECKING:
     from pyctr.daemon.context import Context
@@ -84,15 +79,6 @@ log = logging.getLogger("pyctr.sandbox")
 # Handlers pyctr answers to: the default and its explicit name.
 RUNTIME_HANDLERS = ("", "runc")
 _META_RE = re.compile(r"^[^\x00-\x1f/]{1,253}$")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]{0,62})$")
-_DNS_TOKEN = re.compile(r"^[^\s#;]{1,253}$")
-_HOSTS_BASE = """127.0.0.1\tlocalhost
-::1\tlocalhost ip6-localhost ip6-loopback
-fe00::0\tip6-localnet
-ff00::0\tip6-mcastprefix
-ff02::1\tip6-allnodes
-ff02::2\tip6-allrouters
-"""
 
 
 def sandbox_name(md: cri.PodSandboxMetadata) -> str:
@@ -111,41 +97,6 @@ def _check_meta(value: str, what: str, required: bool = True) -> str:
 
 def is_ready(sb: Sandbox) -> bool:
     return sb.ready
-
-
-def _write_file(path: Path, text: str) -> None:
-    """Atomically, world-readable (containers run as any user)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def resolv_conf(dns: cri.DNSConfig) -> str | None:
-    """resolv.conf text for DNSConfig, or None to copy the host's."""
-    if not (dns.servers or dns.searches or dns.options):
-        return None
-    for value in [*dns.servers, *dns.searches, *dns.options]:
-        if not _DNS_TOKEN.match(value):
-            raise InvalidArgument(f"DNS config value {value[:80]!r} is not a single word")
-    for server in dns.servers:
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise InvalidArgument(f"DNS server {server!r} is not an IP address") from None
-    lines = []
-    if dns.searches:
-        lines.append("search " + " ".join(dns.searches))
-    lines += [f"nameserver {s}" for s in dns.servers]
-    if dns.options:
-        lines.append("options " + " ".join(dns.options))
-    return "\n".join(lines) + "\n"
 
 
 async def _settled(task: asyncio.Task[Any]) -> None:
@@ -177,21 +128,13 @@ def status_image_name(image: Any, spec: cri.ImageSpec) -> str:
     return tags[0] if tags else ""
 
 
-def _host_file(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read(1 << 20)
-    except OSError:
-        return ""
-
-
 class SandboxManager:
     def __init__(self, ctx: Context) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.runtime = ctx.runtime
         self.cni = CniManager(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, cfg.root_dir / "cni")
-        self.pods_dir = cfg.state_dir / "pods"
+        self.files = PodFiles(cfg.state_dir / "pods")
         self.netns_dir = cfg.state_dir / "netns"
         self.cgroups = ctx.cgroups
         self.restrict_oom = cfg.cri.restrict_oom_score_adj
@@ -233,7 +176,7 @@ class SandboxManager:
         return self._resolve(ref, CriContainer)
 
     def pod_dir(self, sid: str) -> Path:
-        return self.pods_dir / sid
+        return self.files.path(sid)
 
     def view(self, sb: Sandbox) -> PodView:
         ns, md = sb.namespaces, sb.metadata
@@ -316,7 +259,7 @@ class SandboxManager:
             raise InvalidArgument("user namespaces are not supported by pyctr (hostUsers: false)")
         host_network = ns.network == NODE
         hostname = config.hostname or (socket.gethostname() if host_network else md.name[:63])
-        if not _HOSTNAME_RE.match(hostname):
+        if not HOSTNAME_RE.match(hostname):
             raise InvalidArgument(f"invalid hostname {hostname[:80]!r}")
         cgroup_parent = self.cgroups.check_parent(
             config.linux.cgroup_parent or self.cgroups.default_parent
@@ -336,15 +279,10 @@ class SandboxManager:
         with self._reservation(sandbox_name(md), sid):
             image = await self._sandbox_image()
             async with self._new_pod_lock(sid), contextlib.AsyncExitStack() as undo:
-                files = self.pod_dir(sid)
-                files.mkdir(parents=True, mode=0o711)
-                undo.callback(self._remove_pod_dir, sid)
-                _write_file(files / "hostname", hostname + "\n")
-                _write_file(files / "resolv.conf", resolv or _host_file("/etc/resolv.conf"))
-                hosts = _host_file("/etc/hosts") if host_network else _HOSTS_BASE
-                _write_file(files / "hosts", hosts)
+                undo.callback(self.files.remove, sid)
+                self.files.create(sid, hostname, resolv, host_network=host_network)
                 if ns.ipc != NODE:
-                    await asyncio.to_thread(self._mount_shm, files / "shm")
+                    await asyncio.to_thread(self.files.mount_shm, sid)
                 netns_path = ""
                 network: asyncio.Task[PodNetwork] | None = None
                 if not host_network:
@@ -396,7 +334,7 @@ class SandboxManager:
                 async def finish(pid: int) -> dict[str, Any]:
                     ips = list((await network).ips) if network is not None else []
                     if ips:
-                        _write_file(files / "hosts", _HOSTS_BASE + f"{ips[0]}\t{hostname}\n")
+                        self.files.set_pod_ip(sid, ips[0], hostname)
                     inodes = {}
                     for kind in ("ipc", "uts", "pid", "net"):
                         with contextlib.suppress(OSError):
@@ -418,22 +356,6 @@ class SandboxManager:
             log.info("pulling sandbox image %s", ref)
             image = await images.pull(ref)
         return image
-
-    def _mount_shm(self, path: Path) -> None:
-        path.mkdir(mode=0o755)
-        options = ["nosuid", "nodev", "noexec", "mode=1777", f"size={SHM_SIZE // 1024}k"]
-        HostMount("tmpfs", "shm", options).mount(path)
-
-    def _unmount_shm(self, sid: str) -> None:
-        shm = self.pod_dir(sid) / "shm"
-        if os.path.ismount(shm):
-            unmount_all(shm)
-
-    def _remove_pod_dir(self, sid: str) -> None:
-        self._unmount_shm(sid)
-        path = self.pod_dir(sid)
-        if path.exists() and not os.path.ismount(path / "shm"):
-            shutil.rmtree(path, ignore_errors=True)
 
     async def _release_network(self, sid: str, netns_path: str) -> None:
         await self.cni.teardown(sid, netns_path)
@@ -463,7 +385,7 @@ class SandboxManager:
                 sb = self.store.get_as(sb.id, Sandbox)
             if sb.netns:
                 await self._release_network(sb.id, sb.netns)
-            await asyncio.to_thread(self._unmount_shm, sb.id)
+            await asyncio.to_thread(self.files.unmount_shm, sb.id)
             if sb.state is not PodState.NOTREADY or sb.ips:
                 sb = self.store.update(sb.id, state=PodState.NOTREADY, ips=[])
         return sb
@@ -480,7 +402,7 @@ class SandboxManager:
                 with contextlib.suppress(NotFound):
                     await self.runtime.remove(c.id, force=True)
             await self._remove_record(sb.id)
-            await asyncio.to_thread(self._remove_pod_dir, sb.id)
+            await asyncio.to_thread(self.files.remove, sb.id)
         self._locks.pop(sb.id, None)
         log.info("pod sandbox %s removed", sb.id[:12])
 
@@ -598,7 +520,7 @@ class SandboxManager:
                 log.warning("releasing the network of unknown pod %s", pod_id[:12])
                 with contextlib.suppress(Exception):
                     await self.cni.teardown(pod_id, str(self.netns_dir / pod_id))
-        for directory, cleanup in ((self.netns_dir, netns.remove), (self.pods_dir, None)):
+        for directory, cleanup in ((self.netns_dir, netns.remove), (self.files.pods_dir, None)):
             if not directory.is_dir():
                 continue
             for entry in directory.iterdir():
@@ -609,6 +531,6 @@ class SandboxManager:
                     if cleanup is not None:
                         await asyncio.to_thread(cleanup, entry)
                     else:
-                        await asyncio.to_thread(self._remove_pod_dir, entry.name)
+                        await asyncio.to_thread(self.files.remove, entry.name)
                 except Exception:
                     log.exception("cleaning up %s", entry)

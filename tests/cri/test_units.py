@@ -11,7 +11,8 @@ import pytest
 
 from pyctr.daemon.cri.convert import container_matches, container_status, pod_matches, pod_status
 from pyctr.daemon.errors import InvalidArgument
-from pyctr.daemon.pods.manager import container_log_path, resolv_conf
+from pyctr.daemon.pods.files import resolv_conf
+from pyctr.daemon.pods.manager import container_log_path
 from pyctr.daemon.runtime.records import (
     ContainerMetadata,
     CriContainer,
