@@ -29,7 +29,16 @@ from collections.abc import Iterator
 from functools import partial
 
 from benchmarks import procinfo
-from benchmarks.core import Metrics, NotAvailable, measurement, metric, ratio, summary_ms, timed
+from benchmarks.core import (
+    Metrics,
+    NotAvailable,
+    measurement,
+    measurement_each,
+    metric,
+    ratio,
+    summary_ms,
+    timed,
+)
 from benchmarks.env import BenchEnv
 from benchmarks.pull import IMAGES, image_sizes, pull_runs, pyctr_pull_once, rates, skip_in_quick
 
@@ -207,16 +216,13 @@ def containerd_pull(env: BenchEnv, image: str) -> Metrics:
     return out
 
 
-def _register_pull(image: str) -> None:
-    def fn(env: BenchEnv) -> Metrics:
-        return containerd_pull(env, image)
-
-    fn.__doc__ = f"`ctr images pull` of the {image} image, cold; vs pull.{image}."
-    measurement("containerd", f"pull_{image}")(fn)
-
-
-for _image in IMAGES:
-    _register_pull(_image)
+measurement_each(
+    "containerd",
+    IMAGES,
+    "pull_{}",
+    "`ctr images pull` of the {0} image, cold; vs pull.{0}.",
+    containerd_pull,
+)
 
 
 @measurement("containerd", "run")

@@ -10,11 +10,8 @@ containerd's, both from this run.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 from benchmarks.containerd import Containerd
-from benchmarks.core import Metrics, NotAvailable, measurement, metric, percentile, ratio
+from benchmarks.core import Metrics, NotAvailable, Samples, measurement, metric, ratio
 from benchmarks.env import BenchEnv
 
 
@@ -48,7 +45,7 @@ def cri_pod_container(env: BenchEnv) -> Metrics:
     pause, _ = env.image("pause")
     ctd = ContainerdCri(env, env.registry().host, pause).start()
     client = Cri(ctd.address, env.path("ctdlogs"), env.cgroup_root)
-    samples: dict[str, list[float]] = {"pod": [], "create": [], "start": [], "total": []}
+    samples = Samples()
     try:
         try:
             client.pull(ref)
@@ -60,28 +57,14 @@ def cri_pod_container(env: BenchEnv) -> Metrics:
             # What a kubelet sends for a node-network pod: no hostname
             # (containerd 1.6 would set it, and runc refuses without a UTS ns).
             pod.hostname = ""
-            t0 = time.perf_counter()
-            pod_id = client.run_pod(pod)
-            t1 = time.perf_counter()
-            try:
-                cid = client.create_container(pod_id, pod, "app", ref)
-                t2 = time.perf_counter()
-                client.start_container(cid)
-                t3 = time.perf_counter()
-            finally:
-                client.remove_pod_fully(pod_id)
+            phases = client.time_pod_start(pod, ref)
             if i:  # the first run warms caches
-                for name, value in (("pod", t1 - t0), ("create", t2 - t1), ("start", t3 - t2)):
-                    samples[name].append(value)
-                samples["total"].append(t3 - t0)
+                samples.add(**phases)
     finally:
         client.remove_everything()
         client.close()
         ctd.stop()
-    out: Metrics = {}
-    for name, values in samples.items():
-        out[f"{name}_median_ms"] = statistics.median(values) * 1000
-        out[f"{name}_p90_ms"] = percentile(values, 90) * 1000
+    out = samples.ms()
     runc_ms = metric(env, "runc.run_detached", "start_median_ms")
     out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
     mine = metric(env, "start.cri_pod_container", "total_median_ms")

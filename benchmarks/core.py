@@ -86,6 +86,20 @@ def measurement(group: str, name: str) -> Callable[[MeasureFn], MeasureFn]:
     return register
 
 
+def measurement_each(
+    group: str, values: Sequence[Any], name: str, doc: str, fn: Callable[[BenchEnv, Any], Metrics]
+) -> None:
+    """One measurement per value, `fn(env, value)`, named and described by
+    `name` and `doc` formatted with the value."""
+    assert group in GROUPS, group
+    for value in values:
+
+        def run(env: BenchEnv, value: Any = value) -> Metrics:
+            return fn(env, value)
+
+        REGISTRY.append(Measurement(group, name.format(value), run, doc.format(value)))
+
+
 def run_one(m: Measurement, env: BenchEnv) -> Result:
     started = time.monotonic()
     env.running.add(m.key)  # a baseline that (indirectly) needs this one gets NotAvailable
@@ -128,6 +142,21 @@ def summary_ms(seconds: Sequence[float], prefix: str = "", tail: int = 99) -> Me
         f"{pre}median_ms": statistics.median(seconds) * 1000,
         f"{pre}p{tail}_ms": percentile(seconds, tail) * 1000,
     }
+
+
+class Samples(dict[str, list[float]]):
+    """Seconds per phase over the runs of a measurement, phases in first-seen order."""
+
+    def add(self, **phases: float) -> None:
+        for name, seconds in phases.items():
+            self.setdefault(name, []).append(seconds)
+
+    def ms(self) -> Metrics:
+        """`<phase>_median_ms` and `<phase>_p90_ms` of every phase."""
+        out: Metrics = {}
+        for name, values in self.items():
+            out.update(summary_ms(values, name, tail=90))
+        return out
 
 
 def timed(fn: Callable[[], Any]) -> float:

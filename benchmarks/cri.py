@@ -128,6 +128,21 @@ class Cri:
         self.start_container(cid)
         return pod_id, cid
 
+    def time_pod_start(self, pod: cri.PodSandboxConfig, image: str) -> dict[str, float]:
+        """RunPodSandbox, CreateContainer, StartContainer, each timed (seconds,
+        with their `total`); the pod is removed afterwards, untimed."""
+        t0 = time.perf_counter()
+        pod_id = self.run_pod(pod)
+        t1 = time.perf_counter()
+        try:
+            cid = self.create_container(pod_id, pod, "app", image)
+            t2 = time.perf_counter()
+            self.start_container(cid)
+            t3 = time.perf_counter()
+        finally:
+            self.remove_pod_fully(pod_id)
+        return {"pod": t1 - t0, "create": t2 - t1, "start": t3 - t2, "total": t3 - t0}
+
     def remove_pod_fully(self, pod_id: str) -> None:
         self.stop_pod(pod_id)
         self.remove_pod(pod_id)
@@ -135,19 +150,20 @@ class Cri:
     def remove_everything(self, deadline_s: float = 120) -> None:
         """Best effort: stop and remove every pod and container (teardown)."""
         deadline = time.monotonic() + deadline_s
-        with contextlib.suppress(grpc.RpcError, NotAvailable):
-            listed = self.call(self.runtime.ListContainers, cri.ListContainersRequest())
-            for c in listed.containers:
-                if time.monotonic() > deadline:
-                    break
-                with contextlib.suppress(grpc.RpcError, NotAvailable):
-                    self.stop_container(c.id, timeout=0)
-                with contextlib.suppress(grpc.RpcError, NotAvailable):
-                    self.remove_container(c.id)
-        with contextlib.suppress(grpc.RpcError, NotAvailable):
-            listed = self.call(self.runtime.ListPodSandbox, cri.ListPodSandboxRequest())
-            for p in listed.items:
-                if time.monotonic() > deadline:
-                    break
-                with contextlib.suppress(grpc.RpcError, NotAvailable):
-                    self.remove_pod_fully(p.id)
+
+        def attempt(fn: Callable[..., Any], *args: Any) -> Any:
+            with contextlib.suppress(grpc.RpcError, NotAvailable):
+                return fn(*args)
+            return None
+
+        listed = attempt(self.call, self.runtime.ListContainers, cri.ListContainersRequest())
+        for c in listed.containers if listed else []:
+            if time.monotonic() > deadline:
+                break
+            attempt(self.stop_container, c.id, 0)
+            attempt(self.remove_container, c.id)
+        listed = attempt(self.call, self.runtime.ListPodSandbox, cri.ListPodSandboxRequest())
+        for p in listed.items if listed else []:
+            if time.monotonic() > deadline:
+                break
+            attempt(self.remove_pod_fully, p.id)

@@ -144,6 +144,15 @@ class BenchEnv:
             self._cri = Cri(self.daemon().address, self.path("logs"), self.cgroup_root)
         return self._cri
 
+    def cri_with_image(self, name: str) -> tuple[Cri, str]:
+        """The CRI client, with bench image `name` pulled and the pause image
+        pushed (pods pull it); and the image's reference."""
+        client = self.cri()
+        ref, _ = self.image(name)
+        self.image("pause")
+        client.pull(ref)
+        return client, ref
+
     @contextlib.contextmanager
     def fresh_daemon(self) -> Iterator[tuple[PyctrDaemon, Cri]]:
         """A daemon on empty dirs, torn down after the block (cold caches)."""

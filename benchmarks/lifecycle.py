@@ -16,9 +16,18 @@ import statistics
 import time
 
 from benchmarks import procinfo
-from benchmarks.core import Metrics, NotAvailable, Skipped, measurement, metric, ratio, timed
+from benchmarks.core import (
+    Metrics,
+    NotAvailable,
+    Samples,
+    Skipped,
+    measurement,
+    measurement_each,
+    metric,
+    ratio,
+    timed,
+)
 from benchmarks.env import BenchEnv
-from benchmarks.start import _phases_ms
 
 SCALES = (10, 50, 100)
 
@@ -26,17 +35,8 @@ SCALES = (10, 50, 100)
 @measurement("lifecycle", "stop_remove")
 def stop_remove(env: BenchEnv) -> Metrics:
     """StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox, per phase."""
-    client = env.cri()
-    ref, _ = env.image("small")
-    env.image("pause")
-    client.pull(ref)
-    samples: dict[str, list[float]] = {
-        "stop_container": [],
-        "remove_container": [],
-        "stop_pod": [],
-        "remove_pod": [],
-        "total": [],
-    }
+    client, ref = env.cri_with_image("small")
+    samples = Samples()
     for i in range(env.options.runs + 1):
         pod_id, cid = client.pod_with_container(ref, f"stop{i}")
         try:
@@ -53,15 +53,14 @@ def stop_remove(env: BenchEnv) -> Metrics:
             client.remove_pod_fully(pod_id)
             raise
         if i:
-            for name, value in (
-                ("stop_container", t1 - t0),
-                ("remove_container", t2 - t1),
-                ("stop_pod", t3 - t2),
-                ("remove_pod", t4 - t3),
-                ("total", t4 - t0),
-            ):
-                samples[name].append(value)
-    out = _phases_ms(samples)
+            samples.add(
+                stop_container=t1 - t0,
+                remove_container=t2 - t1,
+                stop_pod=t3 - t2,
+                remove_pod=t4 - t3,
+                total=t4 - t0,
+            )
+    out = samples.ms()
     container_ms = out["stop_container_median_ms"] + out["remove_container_median_ms"]
     try:
         runc_ms = metric(env, "runc.run_detached", "delete_median_ms")
@@ -112,13 +111,10 @@ def scale(env: BenchEnv, n: int) -> Metrics:
     return out
 
 
-def _register(n: int) -> None:
-    def fn(env: BenchEnv) -> Metrics:
-        return scale(env, n)
-
-    fn.__doc__ = f"{n} pods one after another on a fresh daemon: time, growth, PSS, removal."
-    measurement("scale", f"n{n}")(fn)
-
-
-for _n in SCALES:
-    _register(_n)
+measurement_each(
+    "scale",
+    SCALES,
+    "n{}",
+    "{} pods one after another on a fresh daemon: time, growth, PSS, removal.",
+    scale,
+)

@@ -16,12 +16,10 @@ import contextlib
 import json
 import os
 import random
-import statistics
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.core import Metrics, NotAvailable, measurement, metric, percentile, ratio
+from benchmarks.core import Metrics, NotAvailable, Samples, measurement, metric, ratio
 from benchmarks.env import BenchEnv
 
 CNI_BIN = "/usr/lib/cni"
@@ -116,29 +114,14 @@ def pod_with_network(client: Any, name: str) -> Any:
 @measurement("start", "cri_pod_network")
 def cri_pod_network(env: BenchEnv) -> Metrics:
     """RunPodSandbox with CNI (bridge+host-local+portmap) + CreateContainer + StartContainer."""
-    samples: dict[str, list[float]] = {"pod": [], "create": [], "start": [], "total": []}
+    samples = Samples()
     with networked_daemon(env) as (_, client):
         ref = client.image_ref
         for i in range(env.options.runs + 1):
-            pod = pod_with_network(client, f"net{i}")
-            t0 = time.perf_counter()
-            pod_id = client.run_pod(pod)
-            t1 = time.perf_counter()
-            try:
-                cid = client.create_container(pod_id, pod, "app", ref)
-                t2 = time.perf_counter()
-                client.start_container(cid)
-                t3 = time.perf_counter()
-            finally:
-                client.remove_pod_fully(pod_id)
+            phases = client.time_pod_start(pod_with_network(client, f"net{i}"), ref)
             if i:
-                for name, value in (("pod", t1 - t0), ("create", t2 - t1), ("start", t3 - t2)):
-                    samples[name].append(value)
-                samples["total"].append(t3 - t0)
-    out: Metrics = {}
-    for name, values in samples.items():
-        out[f"{name}_median_ms"] = statistics.median(values) * 1000
-        out[f"{name}_p90_ms"] = percentile(values, 90) * 1000
+                samples.add(**phases)
+    out = samples.ms()
     runc_ms = metric(env, "runc.run_detached", "start_median_ms")
     out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
     with contextlib.suppress(NotAvailable):

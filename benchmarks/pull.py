@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.core import Metrics, Skipped, measurement, timed
+from benchmarks.core import Metrics, Skipped, measurement_each, timed
 from benchmarks.env import BenchEnv
 from benchmarks.procinfo import MIB, cpu_seconds
 
@@ -70,13 +70,6 @@ def pyctr_pull(env: BenchEnv, image: str) -> Metrics:
     }
 
 
-def _register(image: str) -> None:
-    def fn(env: BenchEnv) -> Metrics:
-        return pyctr_pull(env, image)
-
-    fn.__doc__ = f"CRI PullImage of the {image} image, cold (fresh daemon each run)."
-    measurement("pull", image)(fn)
-
-
-for _image in IMAGES:
-    _register(_image)
+measurement_each(
+    "pull", IMAGES, "{}", "CRI PullImage of the {} image, cold (fresh daemon each run).", pyctr_pull
+)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import statistics
 import time
 from typing import Any
 
 from benchmarks import procinfo
-from benchmarks.core import Metrics, NotAvailable, measurement, metric, percentile, ratio
+from benchmarks.core import Metrics, NotAvailable, Samples, measurement, metric, ratio
 from benchmarks.cri import SLEEPER
 from benchmarks.env import BenchEnv
 from benchmarks.runc_bare import Runc
@@ -92,15 +91,9 @@ class Shims:
         return sorted(pid for pid in found if pid is not None)
 
 
-async def _start_stop(env: BenchEnv, zygote: bool) -> dict[str, list[float]]:
+async def _start_stop(env: BenchEnv, zygote: bool) -> Samples:
     shims = Shims(env, zygote)
-    phases: dict[str, list[float]] = {
-        "create": [],
-        "start": [],
-        "total": [],
-        "stop": [],
-        "delete": [],
-    }
+    phases = Samples()
     try:
         for i in range(env.options.runs + 1):
             t0 = time.perf_counter()
@@ -115,14 +108,9 @@ async def _start_stop(env: BenchEnv, zygote: bool) -> dict[str, list[float]]:
             t4 = time.perf_counter()
             await shims.remove(shim, deleted=True)
             if i:  # the first run warms caches
-                for name, v in (
-                    ("create", t1 - t0),
-                    ("start", t2 - t1),
-                    ("total", t2 - t0),
-                    ("stop", t3 - t2),
-                    ("delete", t4 - t3),
-                ):
-                    phases[name].append(v)
+                phases.add(
+                    create=t1 - t0, start=t2 - t1, total=t2 - t0, stop=t3 - t2, delete=t4 - t3
+                )
     finally:
         await shims.remove_all()
     return phases
@@ -137,19 +125,19 @@ def start_stop(env: BenchEnv) -> Metrics:
 @measurement("shim", "start_stop_launched")
 def start_stop_launched(env: BenchEnv) -> Metrics:
     """As start_stop, each shim launched as a new Python process (no zygote)."""
-    out = _start_stop_metrics(env, zygote=False)
+    return _vs_zygote(env, _start_stop_metrics(env, zygote=False), "start_stop", "total_median_ms")
+
+
+def _vs_zygote(env: BenchEnv, out: Metrics, forked: str, name: str) -> Metrics:
+    """`out` of launched shims, with metric `name` of zygote-forked ones (shim.<forked>) to it."""
     with contextlib.suppress(NotAvailable):
-        forked = metric(env, "shim.start_stop", "total_median_ms")
-        out["zygote_vs_launched_ratio"] = ratio(forked, out["total_median_ms"])
+        theirs = metric(env, f"shim.{forked}", name)
+        out["zygote_vs_launched_ratio"] = ratio(theirs, out[name])
     return out
 
 
 def _start_stop_metrics(env: BenchEnv, zygote: bool) -> Metrics:
-    phases = asyncio.run(_start_stop(env, zygote))
-    out: Metrics = {}
-    for name, values in phases.items():
-        out[f"{name}_median_ms"] = statistics.median(values) * 1000
-        out[f"{name}_p90_ms"] = percentile(values, 90) * 1000
+    out = asyncio.run(_start_stop(env, zygote)).ms()
     runc_start = metric(env, "runc.run_detached", "start_median_ms")
     runc_delete = metric(env, "runc.run_detached", "delete_median_ms")
     out["start_vs_runc_ratio"] = ratio(out["total_median_ms"], runc_start)
@@ -192,10 +180,7 @@ def memory(env: BenchEnv) -> Metrics:
 def memory_launched(env: BenchEnv) -> Metrics:
     """As memory, each shim launched as a new Python process (no zygote)."""
     out = _memory_metrics(env, zygote=False)
-    with contextlib.suppress(NotAvailable):
-        forked = metric(env, "shim.memory", "pss_per_container_mib")
-        out["zygote_vs_launched_ratio"] = ratio(forked, out["pss_per_container_mib"])
-    return out
+    return _vs_zygote(env, out, "memory", "pss_per_container_mib")
 
 
 def _memory_metrics(env: BenchEnv, zygote: bool) -> Metrics:

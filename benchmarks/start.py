@@ -10,11 +10,10 @@ Python client's start-up, so `pyctr version` is timed alongside.
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
-from benchmarks.core import Metrics, NotAvailable, metric, percentile, ratio, summary_ms
+from benchmarks.core import Metrics, NotAvailable, Samples, metric, ratio, summary_ms
 from benchmarks.core import measurement as measure
 from benchmarks.cri import SLEEPER
 from benchmarks.env import BenchEnv
@@ -22,43 +21,16 @@ from benchmarks.env import BenchEnv
 START_TARGET_RATIO = 2.0
 
 
-def _phases_ms(samples: dict[str, list[float]]) -> Metrics:
-    out: Metrics = {}
-    for name, values in samples.items():
-        out[f"{name}_median_ms"] = statistics.median(values) * 1000
-        out[f"{name}_p90_ms"] = percentile(values, 90) * 1000
-    return out
-
-
 @measure("start", "cri_pod_container")
 def cri_pod_container(env: BenchEnv) -> Metrics:
     """RunPodSandbox + CreateContainer + StartContainer, per phase."""
-    client = env.cri()
-    ref, _ = env.image("small")
-    env.image("pause")
-    client.pull(ref)
-    samples: dict[str, list[float]] = {"pod": [], "create": [], "start": [], "total": []}
+    client, ref = env.cri_with_image("small")
+    samples = Samples()
     for i in range(env.options.runs + 1):
-        pod = client.pod_config(f"start{i}")
-        t0 = time.perf_counter()
-        pod_id = client.run_pod(pod)
-        t1 = time.perf_counter()
-        try:
-            cid = client.create_container(pod_id, pod, "app", ref)
-            t2 = time.perf_counter()
-            client.start_container(cid)
-            t3 = time.perf_counter()
-        finally:
-            client.remove_pod_fully(pod_id)
+        phases = client.time_pod_start(client.pod_config(f"start{i}"), ref)
         if i:  # the first run warms caches (and pulls the pause image)
-            for name, value in (
-                ("pod", t1 - t0),
-                ("create", t2 - t1),
-                ("start", t3 - t2),
-                ("total", t3 - t0),
-            ):
-                samples[name].append(value)
-    out = _phases_ms(samples)
+            samples.add(**phases)
+    out = samples.ms()
     runc_ms = metric(env, "runc.run_detached", "start_median_ms")
     out["runc_start_median_ms"] = runc_ms
     out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
@@ -87,13 +59,7 @@ def native(env: BenchEnv) -> Metrics:
 
     ref, _ = env.image("small")
     env.cri().pull(ref)
-    samples: dict[str, list[float]] = {
-        "create": [],
-        "start": [],
-        "total": [],
-        "stop": [],
-        "remove": [],
-    }
+    samples = Samples()
     for i in range(env.options.runs + 1):
         create = pb.ContainerCreateRequest(image=ref, command=SLEEPER, network="host")
         t0 = time.perf_counter()
@@ -109,15 +75,8 @@ def native(env: BenchEnv) -> Metrics:
             _native(env, "Remove", pb.ContainerRemoveRequest(container=cid, force=True))
             t5 = time.perf_counter()
         if i:
-            for name, value in (
-                ("create", t1 - t0),
-                ("start", t2 - t1),
-                ("total", t2 - t0),
-                ("stop", t3 - t2),
-                ("remove", t5 - t4),
-            ):
-                samples[name].append(value)
-    out = _phases_ms(samples)
+            samples.add(create=t1 - t0, start=t2 - t1, total=t2 - t0, stop=t3 - t2, remove=t5 - t4)
+    out = samples.ms()
     runc_ms = metric(env, "runc.run_detached", "start_median_ms")
     out["vs_runc_ratio"] = ratio(out["total_median_ms"], runc_ms)
     return out
