@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from pyctr.proto import containers_pb2 as pb
+from pyctr.shim.stdio import read_some
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 READ_SIZE = 32 * 1024
@@ -188,12 +189,9 @@ class IOSession:
                 self._send(close_stdin=True)
 
         def readable() -> None:
-            try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
+            data = read_some(fd, READ_SIZE)
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if not data:
                 loop.remove_reader(fd)
             got(data)

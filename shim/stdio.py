@@ -21,6 +21,21 @@ if TYPE_CHECKING:  # typing and collections.abc cost memory at run time
     Sink = Callable[[bytes, bytes], None]
 
 READ_SIZE = 65536
+
+
+def read_some(fd: int, size: int = READ_SIZE) -> bytes | None:
+    """One read of a non-blocking fd: None if nothing is there yet, b"" at EOF.
+
+    EIO (a pty master whose every slave side is closed and read) counts as EOF.
+    """
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 STDIN_HIGH_WATER = 1 << 20
 
 
@@ -69,20 +84,18 @@ class Stdio:
     def _watch(self, fd: int) -> None:
         self.loop.add_reader(fd, lambda: self._readable(fd))
 
-    def _readable(self, fd: int) -> None:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            # EIO on a pty master: every slave side is closed and its data read.
-            data = b""
+    def _readable(self, fd: int) -> bool:
+        """Hand what one read gives to the sinks; False if there was nothing."""
+        data = read_some(fd)
+        if data is None:
+            return False
         if data:
             stream = self._open[fd]
             for sink in list(self.sinks):
                 sink(stream, data)
         else:
             self._eof(fd)
+        return True
 
     def _eof(self, fd: int) -> None:
         self.loop.remove_reader(fd)
@@ -108,19 +121,8 @@ class Stdio:
     def drain(self) -> None:
         """Read whatever output is buffered right now, without waiting for more."""
         for fd in list(self._open):
-            while fd in self._open:
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if data:
-                    stream = self._open[fd]
-                    for sink in list(self.sinks):
-                        sink(stream, data)
-                else:
-                    self._eof(fd)
+            while fd in self._open and self._readable(fd):
+                pass
 
     # -- stdin -------------------------------------------------------------
 

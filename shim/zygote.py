@@ -200,19 +200,16 @@ def _set_comm(name: bytes) -> None:
 
 
 def _as_package() -> None:
-    """Make `pyctr.shim` importable from this folder, as main.py does."""
-    module = type(sys)
-    here = os.path.dirname(os.path.abspath(__file__))
-    if "pyctr" not in sys.modules:
-        root = module("pyctr")
-        root.__path__ = []
-        sys.modules["pyctr"] = root
-    if "pyctr.shim" not in sys.modules:
-        pkg = module("pyctr.shim")
-        pkg.__path__ = [here]
-        pkg.__package__ = "pyctr.shim"
-        sys.modules["pyctr.shim"] = pkg
-        sys.modules["pyctr"].shim = pkg  # type: ignore[attr-defined]
+    """Make `pyctr.shim` importable from this folder as main.py does: its
+    source is run here as pyctr.shim.main (which the zygote imports anyway;
+    exec keeps importlib.util and its imports out of the forked shims)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+    main = type(sys)("pyctr.shim.main")
+    main.__file__ = path
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), main.__dict__)
+    main._as_package()
+    sys.modules["pyctr.shim.main"] = main
 
 
 if __name__ == "__main__":

@@ -66,25 +66,28 @@ class ContainerRpcs:
     async def StopContainer(  # noqa: N802
         self, request: cri.StopContainerRequest, context: grpc.aio.ServicerContext
     ) -> cri.StopContainerResponse:
-        try:
-            c = self.ctx.sandboxes.get_container(request.container_id)
-        except NotFound:
-            return cri.StopContainerResponse()  # nothing left to stop
-        timeout = max(0, request.timeout)
-        with contextlib.suppress(NotFound):  # removed meanwhile
-            await self.ctx.runtime.stop(c.id, timeout, convert.stop_signal(c, warn=True))
+        c = self._known(request.container_id)
+        if c is not None:  # else nothing is left to stop
+            with contextlib.suppress(NotFound):  # removed meanwhile
+                sig = convert.stop_signal(c, warn=True)
+                await self.ctx.runtime.stop(c.id, max(0, request.timeout), sig)
         return cri.StopContainerResponse()
 
     async def RemoveContainer(  # noqa: N802
         self, request: cri.RemoveContainerRequest, context: grpc.aio.ServicerContext
     ) -> cri.RemoveContainerResponse:
-        try:
-            c = self.ctx.sandboxes.get_container(request.container_id)
-        except NotFound:
-            return cri.RemoveContainerResponse()
-        with contextlib.suppress(NotFound):  # removed meanwhile
-            await self.ctx.runtime.remove(c.id, force=True)
+        c = self._known(request.container_id)
+        if c is not None:
+            with contextlib.suppress(NotFound):  # removed meanwhile
+                await self.ctx.runtime.remove(c.id, force=True)
         return cri.RemoveContainerResponse()
+
+    def _known(self, ref: str) -> CriContainer | None:
+        """The container, or None: Stop and Remove of an unknown one succeed."""
+        try:
+            return self.ctx.sandboxes.get_container(ref)
+        except NotFound:
+            return None
 
     def _containers(self, f: cri.ContainerFilter) -> list[cri.Container]:
         return [

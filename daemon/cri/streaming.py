@@ -10,6 +10,8 @@ then connects there; see pyctr.daemon.streaming.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from pyctr.daemon.context import Context
@@ -44,32 +46,30 @@ class StreamingRpcs:
         c = self.ctx.sandboxes.get_container(request.container_id)
         if not request.cmd or not request.cmd[0]:
             raise InvalidArgument("exec needs a command: cmd is empty")
-        _check_stdio(request.stdin, request.stdout, request.stderr, request.tty)
-        self.ctx.runtime.shim(c.id)  # FailedPrecondition unless it runs
-        req = ExecRequest(
-            container_id=c.id,
-            cmd=tuple(request.cmd),
-            tty=request.tty,
-            stdin=request.stdin,
-            stdout=request.stdout,
-            stderr=request.stderr,
-        )
-        return cri.ExecResponse(url=self._streaming().url_for(req))
+        url = self._stdio_url(c.id, request, ExecRequest, cmd=tuple(request.cmd))
+        return cri.ExecResponse(url=url)
 
     async def Attach(  # noqa: N802
         self, request: cri.AttachRequest, context: grpc.aio.ServicerContext
     ) -> cri.AttachResponse:
         c = self.ctx.sandboxes.get_container(request.container_id)
+        return cri.AttachResponse(url=self._stdio_url(c.id, request, AttachRequest))
+
+    def _stdio_url(
+        self, cid: str, request: Any, kind: type[ExecRequest | AttachRequest], **extra: Any
+    ) -> str:
+        """The streaming URL of an exec or attach (`kind`) on running container `cid`."""
         _check_stdio(request.stdin, request.stdout, request.stderr, request.tty)
-        self.ctx.runtime.shim(c.id)
-        req = AttachRequest(
-            container_id=c.id,
+        self.ctx.runtime.shim(cid)  # FailedPrecondition unless it runs
+        req = kind(
+            container_id=cid,
             tty=request.tty,
             stdin=request.stdin,
             stdout=request.stdout,
             stderr=request.stderr,
+            **extra,
         )
-        return cri.AttachResponse(url=self._streaming().url_for(req))
+        return self._streaming().url_for(req)
 
     async def PortForward(  # noqa: N802
         self, request: cri.PortForwardRequest, context: grpc.aio.ServicerContext

@@ -68,12 +68,12 @@ class Reference:
         return self.digest or self.tag
 
     def __str__(self) -> str:
-        s = self.repository
-        if self.tag:
-            s += f":{self.tag}"
-        if self.digest:
-            s += f"@{self.digest}"
-        return s
+        return self.repository + self._suffix
+
+    @property
+    def _suffix(self) -> str:
+        """`:tag`, `@digest`, both or neither, as the reference has them."""
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
     @property
     def tagged_name(self) -> str:
@@ -87,17 +87,9 @@ class Reference:
     @property
     def familiar(self) -> str:
         """The short form people type: `busybox:latest`, `me/app:1`."""
-        path = self.path
         if self.domain == DEFAULT_DOMAIN:
-            path = path.removeprefix("library/")
-            s = path
-        else:
-            s = self.repository
-        if self.tag:
-            s += f":{self.tag}"
-        if self.digest:
-            s += f"@{self.digest}"
-        return s
+            return self.path.removeprefix("library/") + self._suffix
+        return self.repository + self._suffix
 
 
 def _split_domain(name: str) -> tuple[str, str]:
