@@ -92,11 +92,11 @@ def pod_status(sb: Sandbox) -> cri.PodSandboxStatus:
 
 
 def pod_matches(sb: Sandbox, f: cri.PodSandboxFilter) -> bool:
-    if f.id and not sb.id.startswith(f.id):
-        return False
-    if f.HasField("state") and pod_state(sb) != f.state.state:
-        return False
-    return labels_match(sb.labels, f.label_selector)
+    return (
+        sb.id.startswith(f.id)  # an empty f.id is a prefix of every ID
+        and (not f.HasField("state") or pod_state(sb) == f.state.state)
+        and labels_match(sb.labels, f.label_selector)
+    )
 
 
 def pod_info(sb: Sandbox) -> dict[str, str]:
@@ -157,13 +157,12 @@ def container_summary(c: CriContainer) -> cri.Container:
 
 
 def container_matches(c: CriContainer, f: cri.ContainerFilter) -> bool:
-    if f.id and not c.id.startswith(f.id):
-        return False
-    if f.pod_sandbox_id and not c.sandbox_id.startswith(f.pod_sandbox_id):
-        return False
-    if f.HasField("state") and container_state(c) != f.state.state:
-        return False
-    return labels_match(c.labels, f.label_selector)
+    return (
+        c.id.startswith(f.id)
+        and c.sandbox_id.startswith(f.pod_sandbox_id)
+        and (not f.HasField("state") or container_state(c) == f.state.state)
+        and labels_match(c.labels, f.label_selector)
+    )
 
 
 def stop_signal(c: CriContainer, *, warn: bool = False) -> int:

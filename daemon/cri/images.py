@@ -88,9 +88,7 @@ class ImageService(cri_pb2_grpc.ImageServiceServicer):
     async def PullImage(  # noqa: N802 (gRPC method names)
         self, request: pb.PullImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.PullImageResponse:
-        ref = request.image.image
-        if not ref:
-            raise InvalidArgument("PullImage: image.image is empty")
+        ref = _image_ref(request.image, "PullImage")
         domain = parse(ref).domain
         has_auth = request.HasField("auth")
         creds = credentials(request.auth if has_auth else None, domain)
@@ -111,9 +109,7 @@ class ImageService(cri_pb2_grpc.ImageServiceServicer):
     async def ImageStatus(  # noqa: N802
         self, request: pb.ImageStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ImageStatusResponse:
-        ref = request.image.image
-        if not ref:
-            raise InvalidArgument("ImageStatus: image.image is empty")
+        ref = _image_ref(request.image, "ImageStatus")
         image = self.manager.store.find(ref)
         if image is None:
             return pb.ImageStatusResponse()
@@ -134,9 +130,7 @@ class ImageService(cri_pb2_grpc.ImageServiceServicer):
     async def RemoveImage(  # noqa: N802
         self, request: pb.RemoveImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.RemoveImageResponse:
-        ref = request.image.image
-        if not ref:
-            raise InvalidArgument("RemoveImage: image.image is empty")
+        ref = _image_ref(request.image, "RemoveImage")
         await self.manager.remove(ref)
         return pb.RemoveImageResponse()
 
@@ -150,3 +144,9 @@ class ImageService(cri_pb2_grpc.ImageServiceServicer):
         usage.used_bytes.value = u.used_bytes
         usage.inodes_used.value = u.inodes_used
         return pb.ImageFsInfoResponse(image_filesystems=[usage])
+
+
+def _image_ref(spec: pb.ImageSpec, call: str) -> str:
+    if not spec.image:
+        raise InvalidArgument(f"{call}: image.image is empty")
+    return spec.image

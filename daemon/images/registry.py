@@ -457,29 +457,24 @@ class Repository:
 
     async def fetch_manifest(self, desc: Descriptor) -> bytes:
         """Fetch a child manifest by digest; checks size and digest."""
-        what = f"manifest {desc.digest} of {self.ref}"
-        if desc.size > MAX_MANIFEST:
-            raise FailedPrecondition(f"{what} is too large ({desc.size} bytes)")
-
-        async def attempt(ep: Endpoint) -> bytes:
-            async with self._request(ep, f"manifests/{desc.digest}", {"Accept": ACCEPT}) as resp:
-                await self._check(ep, resp, what)
-                body = await self._read_limited(ep, resp, desc.size, what)
-            _verify(body, desc, what, ep)
-            return body
-
-        return await self._each_endpoint(what, attempt)
+        return await self._fetch_small(desc, "manifest", MAX_MANIFEST, {"Accept": ACCEPT})
 
     # -- blobs -------------------------------------------------------------------
 
     async def fetch_blob_bytes(self, desc: Descriptor, limit: int) -> bytes:
         """A small blob (the image config) into memory, verified."""
-        what = f"blob {desc.digest} of {self.ref}"
+        return await self._fetch_small(desc, "blob", limit)
+
+    async def _fetch_small(
+        self, desc: Descriptor, kind: str, limit: int, headers: dict[str, str] | None = None
+    ) -> bytes:
+        """A manifest or blob of at most `limit` bytes into memory, verified."""
+        what = f"{kind} {desc.digest} of {self.ref}"
         if desc.size > limit:
             raise FailedPrecondition(f"{what} is too large ({desc.size} bytes)")
 
         async def attempt(ep: Endpoint) -> bytes:
-            async with self._request(ep, f"blobs/{desc.digest}") as resp:
+            async with self._request(ep, f"{kind}s/{desc.digest}", headers) as resp:
                 await self._check(ep, resp, what)
                 body = await self._read_limited(ep, resp, desc.size, what)
             _verify(body, desc, what, ep)
