@@ -29,7 +29,7 @@ import ipaddress
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -414,19 +414,16 @@ class Repository:
         # byte now and then never trips the stall timeout, and the kubelet
         # pulls without a deadline of its own.
         deadline = self.client.config.timeout * DOCUMENT_TIME_FACTOR
-        try:
+        with _body_errors(
+            f"registry {ep.host} stalled sending {what} (or took over {deadline:g}s)",
+            f"registry {ep.host} broke off sending {what}",
+        ):
             async with asyncio.timeout(deadline):
                 body = await resp.content.read(limit + 1)
                 while len(body) <= limit and (
                     more := await resp.content.read(limit + 1 - len(body))
                 ):
                     body += more
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"registry {ep.host} stalled sending {what} (or took over {deadline:g}s)"
-            ) from None
-        except aiohttp.ClientError as e:
-            raise Unavailable(f"registry {ep.host} broke off sending {what}: {e}") from None
         if len(body) > limit:
             raise FailedPrecondition(f"{what} from {ep.host} is larger than {limit} bytes")
         return body
@@ -535,15 +532,24 @@ class Repository:
                 raise DataLoss(
                     f"{what} from {ep.host} is larger than its descriptor says ({desc.size} bytes)"
                 )
-            try:
+            with _body_errors(
+                f"{what}: no data from {ep.host} for {self.client.config.timeout}s",
+                f"{what}: {ep.host} broke off the download",
+            ):
                 async for chunk in resp.content.iter_chunked(256 << 10):
                     writer.write(chunk)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"{what}: no data from {ep.host} for {self.client.config.timeout}s"
-                ) from None
-            except aiohttp.ClientError as e:
-                raise Unavailable(f"{what}: {ep.host} broke off the download: {e}") from None
+
+
+@contextlib.contextmanager
+def _body_errors(stalled: str, broke_off: str) -> Iterator[None]:
+    """A response body that stops coming: DEADLINE_EXCEEDED if it stalled,
+    UNAVAILABLE if the connection broke (with aiohttp's reason)."""
+    try:
+        yield
+    except TimeoutError:
+        raise DeadlineExceeded(stalled) from None
+    except aiohttp.ClientError as e:
+        raise Unavailable(f"{broke_off}: {e}") from None
 
 
 def _verify(body: bytes, desc: Descriptor, what: str, ep: Endpoint) -> None:
