@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 from pyctr.ctl.client import Client, CliError
 from pyctr.ctl.images import _age, _size
@@ -61,22 +63,23 @@ def list_snapshots(client: Client, opts: argparse.Namespace) -> int:
 
 def info(client: Client, opts: argparse.Namespace) -> int:
     s = _stub(client).Info(pb.SnapshotKeyRequest(key=opts.key), timeout=client.timeout)
-    if opts.output == "json":
-        print_json(to_data(s))
-        return 0
-    print_fields(
-        [("Key", s.key), ("Parent", s.parent or "-"), ("Kind", s.kind),
-         ("Labels", json.dumps(dict(s.labels))), ("Used by", ", ".join(s.used_by) or "-")]
-    )  # fmt: skip
-    return 0
+    return _show(opts, s, lambda: [
+        ("Key", s.key), ("Parent", s.parent or "-"), ("Kind", s.kind),
+        ("Labels", json.dumps(dict(s.labels))), ("Used by", ", ".join(s.used_by) or "-"),
+    ])  # fmt: skip
 
 
 def usage(client: Client, opts: argparse.Namespace) -> int:
     u = _stub(client).Usage(pb.SnapshotKeyRequest(key=opts.key), timeout=client.timeout)
+    return _show(opts, u, lambda: [("Size", _size(u.size_bytes)), ("Inodes", u.inodes)])
+
+
+def _show(opts: argparse.Namespace, msg: Any, fields: Callable[[], list[tuple[str, Any]]]) -> int:
+    """`msg` as JSON with -o json, else the fields as a list."""
     if opts.output == "json":
-        print_json(to_data(u))
-        return 0
-    print_fields([("Size", _size(u.size_bytes)), ("Inodes", u.inodes)])
+        print_json(to_data(msg))
+    else:
+        print_fields(fields())
     return 0
 
 
