@@ -82,9 +82,12 @@ class Stdio:
     # -- output ------------------------------------------------------------
 
     def _watch(self, fd: int) -> None:
-        self.loop.add_reader(fd, lambda: self._readable(fd))
+        def readable() -> None:
+            self._read_once(fd)
 
-    def _readable(self, fd: int) -> bool:
+        self.loop.add_reader(fd, readable)
+
+    def _read_once(self, fd: int) -> bool:
         """Hand what one read gives to the sinks; False if there was nothing."""
         data = read_some(fd)
         if data is None:
@@ -121,7 +124,7 @@ class Stdio:
     def drain(self) -> None:
         """Read whatever output is buffered right now, without waiting for more."""
         for fd in list(self._open):
-            while fd in self._open and self._readable(fd):
+            while fd in self._open and self._read_once(fd):
                 pass
 
     # -- stdin -------------------------------------------------------------
