@@ -14,12 +14,12 @@ import os
 import time
 
 from pyctr.shim import jsonlite
-from pyctr.shim.cgroups import Cgroup, cgroup_dir, parse_keyed
+from pyctr.shim.cgroups import Cgroup, cgroup_dir
 from pyctr.shim.crilog import CriLogWriter
 from pyctr.shim.loop import Loop
+from pyctr.shim.oom import OomWatch
 from pyctr.shim.process import (
     ATTACH_DROP,
-    DEFAULT_MAX_OUTPUT,
     ExecProc,
     Proc,
 )
@@ -38,6 +38,7 @@ from pyctr.shim.protocol import (
     SOCKET_NAME,
     write_exit_record,
 )
+from pyctr.shim.requests import arg, exec_args
 from pyctr.shim.runc import Runc, RuncError
 from pyctr.shim.server import (
     ATTACH,
@@ -52,7 +53,7 @@ from pyctr.shim.stdio import Stdio
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs memory at run time
     from collections.abc import Callable
-    from typing import Any, TypeGuard
+    from typing import Any
 
     from pyctr.shim.options import Options
     from pyctr.shim.process import ExitInfo
@@ -62,47 +63,16 @@ if TYPE_CHECKING:  # typing costs memory at run time
 
 CREATED, RUNNING, PAUSED, STOPPED, DELETED = "created", "running", "paused", "stopped", "deleted"
 MAX_EXITED_EXECS = 64  # finished execs kept for `wait` and `state`
-MAX_OUTPUT_LIMIT = 64 << 20
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-+")
-
-
-def valid_id(value: object, max_len: int = 128) -> TypeGuard[str]:
-    return isinstance(value, str) and 0 < len(value) <= max_len and set(value) <= _ID_CHARS
-
-
-def _arg(req: Request, key: str, kind: type, default: Any = None) -> Any:
-    value = req.get(key, default)
-    if value is default:
-        return value
-    # bool is an int in Python; keep them apart so `"signal": true` is refused.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ShimError("invalid_argument", f"{key!r} must be {kind.__name__}")
-    return value
 
 
 class Shim:
     OPS = frozenset(
-        [
-            "hello",
-            "state",
-            "start",
-            "kill",
-            "exec",
-            "wait",
-            "attach",
-            "resize",
-            "close_stdin",
-            "pids",
-            "stats",
-            "pause",
-            "resume",
-            "update",
-            "reopen_log",
-            "subscribe",
-            "delete",
+        (
+            "hello", "state", "start", "kill", "exec", "wait", "attach", "resize", "close_stdin",
+            "pids", "stats", "pause", "resume", "update", "reopen_log", "subscribe", "delete",
             "shutdown",
-        ]
-    )
+        )
+    )  # fmt: skip
 
     def __init__(self, opts: Options, loop: Loop, log: Callable[[str], None]) -> None:
         self.opts = opts
@@ -122,9 +92,7 @@ class Shim:
         self.cgroup: Cgroup | None = None
         self.server: Server | None = None
         self._exec_seq = 0
-        self._oom_base = 0
-        self._oom_seen = 0
-        self._oom_fd = -1
+        self.oom: OomWatch | None = None
         self._exiting = False
 
     def _path(self, name: str) -> str:
@@ -145,8 +113,7 @@ class Shim:
         run = cgroup_path is not None
         if cgroup_path is not None:
             self.cgroup = Cgroup.of_path(cgroup_path)
-            # Kills counted before the container existed are not its own.
-            self._oom_base = self._oom_seen = self.cgroup.oom_kills()
+            self.oom = OomWatch(self.loop, self.cgroup, self._oom)
         pid, stdio = create_container(
             self.runc,
             self.loop,
@@ -161,18 +128,10 @@ class Shim:
         self.init.on_final = self._container_exited
         self.procs[pid] = self.init
         stdio.sinks.append(self._container_output)
-        if self.cgroup is None:
+        if self.oom is None:
             self.cgroup = Cgroup.of_pid(pid)
-            self._oom_base = self._oom_seen = self.cgroup.oom_kills()
-        # v2: a change watch on memory.events (read again at exit: the
-        # systemd driver's scope, and its counters, go once it is empty).
-        self._oom_fd = self.cgroup.open_memory_events()
-        if self._oom_fd >= 0:
-            self.loop.add_change_watch(self._oom_fd, self._memory_events)
-        else:
-            self._oom_fd = self.cgroup.oom_eventfd()
-            if self._oom_fd >= 0:
-                self.loop.add_reader(self._oom_fd, self._oom_event)
+            self.oom = OomWatch(self.loop, self.cgroup, self._oom)
+        self.oom.watch()
         if run:
             self.status = RUNNING
         elif opts.start:
@@ -246,10 +205,10 @@ class Shim:
             self.status = RUNNING
 
     def op_kill(self, conn: Connection, req: Request) -> Result:
-        sig = _arg(req, "signal", int, 15)
+        sig = arg(req, "signal", int, 15)
         if not 0 < sig < 65:
             raise ShimError("invalid_argument", f"bad signal {sig}")
-        exec_id = _arg(req, "exec_id", str)
+        exec_id = arg(req, "exec_id", str)
         if exec_id is not None:
             proc = self._exec(exec_id)
             # Not reaped yet means the pid is still ours: no risk of reuse.
@@ -258,7 +217,7 @@ class Shim:
             return {"running": proc.running}
         if self.status in (STOPPED, DELETED):
             return {"running": False}
-        args = ["kill", "--all"] if _arg(req, "all", bool, False) else ["kill"]
+        args = ["kill", "--all"] if arg(req, "all", bool, False) else ["kill"]
         try:
             self.runc.run(*args, self.opts.id, str(sig))
         except RuncError as exc:
@@ -282,7 +241,7 @@ class Shim:
 
     def op_update(self, conn: Connection, req: Request) -> Result:
         self._need(CREATED, RUNNING, PAUSED)
-        resources = _arg(req, "resources", dict)
+        resources = arg(req, "resources", dict)
         if resources is None:
             raise ShimError("invalid_argument", "'resources' is required")
         data = jsonlite.dumps(resources).encode()
@@ -309,7 +268,7 @@ class Shim:
         return {}
 
     def op_wait(self, conn: Connection, req: Request) -> Result:
-        exec_id = _arg(req, "exec_id", str)
+        exec_id = arg(req, "exec_id", str)
         proc = self._exec(exec_id) if exec_id is not None else self.init
         assert proc is not None
         req_id = req.get("id")
@@ -377,7 +336,7 @@ class Shim:
             conn.resume_reading()
 
     def op_resize(self, conn: Connection, req: Request) -> Result:
-        width, height = _arg(req, "width", int, 0), _arg(req, "height", int, 0)
+        width, height = arg(req, "width", int, 0), arg(req, "height", int, 0)
         proc = self._proc(req)
         if proc.exit is not None:
             raise ShimError("failed_precondition", "process has exited")
@@ -389,7 +348,7 @@ class Shim:
         return {}
 
     def _proc(self, req: Request) -> Proc:
-        exec_id = _arg(req, "exec_id", str)
+        exec_id = arg(req, "exec_id", str)
         if exec_id is not None:
             return self._exec(exec_id)
         assert self.init is not None
@@ -404,29 +363,10 @@ class Shim:
     # -- exec --------------------------------------------------------------
 
     def op_exec(self, conn: Connection, req: Request) -> Result:
-        exec_id = req.get("exec_id")
-        if not valid_id(exec_id):
-            raise ShimError("invalid_argument", "exec_id must be 1-128 of [A-Za-z0-9_.+-]")
+        exec_id, process, mode, tty, want_stdin, timeout, max_output = exec_args(req)
         old = self.execs.get(exec_id)
         if old is not None and old.exit is None:
             raise ShimError("already_exists", f"exec {exec_id!r} is running")
-        process = _arg(req, "process", dict)
-        args = process.get("args") if process else None
-        if not args or not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise ShimError("invalid_argument", "process.args must be a non-empty string list")
-        mode = _arg(req, "stdio", str, "attach")
-        if mode not in ("attach", "capture", "null"):
-            raise ShimError("invalid_argument", "stdio must be attach, capture or null")
-        tty = _arg(req, "tty", bool, False)
-        want_stdin = _arg(req, "stdin", bool, False) and mode == "attach"
-        timeout = req.get("timeout")
-        if timeout is not None and (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
-        ):
-            raise ShimError("invalid_argument", "timeout must be a positive number of seconds")
-        max_output = _arg(req, "max_output", int, DEFAULT_MAX_OUTPUT)
-        if not 0 <= max_output <= MAX_OUTPUT_LIMIT:
-            raise ShimError("invalid_argument", f"max_output must be <= {MAX_OUTPUT_LIMIT}")
         self._need(RUNNING)
 
         process = dict(process, terminal=tty)
@@ -502,15 +442,8 @@ class Shim:
         assert proc.exit is not None
         self.log.flush(b"stdout")
         self.log.flush(b"stderr")
-        if self.cgroup is not None:
-            if self.cgroup.unified:
-                self._memory_events()
-            count = max(self.cgroup.oom_kills(), self._oom_seen)
-            proc.exit["oom_killed"] = count > self._oom_base
-            # An OOM kill not announced yet (no eventfd on cgroup v2, or the
-            # exit was handled first) still gets its event, before the exit's.
-            self._oom_check(count)
-        self._close_oom_fd()
+        if self.oom is not None:
+            proc.exit["oom_killed"] = self.oom.at_exit()
         write_exit_record(self._path(EXIT_RECORD), {"id": self.opts.id, **proc.exit})
         if self.status != DELETED:
             self.status = STOPPED
@@ -520,47 +453,13 @@ class Shim:
             conn.close_after_flush()
         self._event({"event": "exit", **proc.exit})
 
-    def _oom_event(self) -> None:
-        try:
-            os.read(self._oom_fd, 8)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._close_oom_fd()
-            return
-        cgroup = self.cgroup
-        if cgroup is None or not cgroup.exists():
-            return  # the eventfd also fires when the cgroup is removed
-        # The kernel signals the OOM before its killer counts the kill, so
-        # the counter may still show the old number: the signal is the event.
-        count = max(cgroup.oom_kills(), self._oom_seen + 1)
-        self._oom_check(count)
-
-    def _memory_events(self) -> None:
-        if self._oom_fd < 0 or self.cgroup is None or not self.cgroup.unified:
-            return
-        try:
-            text = os.pread(self._oom_fd, 4096, 0)  # the read also re-arms the watch
-        except OSError:  # the cgroup is gone
-            self._close_oom_fd()
-            return
-        self._oom_check(parse_keyed(text.decode("ascii", "replace")).get("oom_kill", 0))
-
-    def _oom_check(self, count: int) -> None:
-        if count > self._oom_seen:
-            self._oom_seen = count
-            self._event({"event": "oom", "oom_kills": count - self._oom_base})
-
-    def _close_oom_fd(self) -> None:
-        if self._oom_fd >= 0:
-            self.loop.forget(self._oom_fd)
-            os.close(self._oom_fd)
-            self._oom_fd = -1
+    def _oom(self, kills: int) -> None:
+        self._event({"event": "oom", "oom_kills": kills})
 
     # -- delete and shutdown -----------------------------------------------
 
     def op_delete(self, conn: Connection, req: Request) -> Result:
-        force = _arg(req, "force", bool, False)
+        force = arg(req, "force", bool, False)
         if self.status == DELETED:
             return self._deleted_result()
         if not force:
@@ -600,7 +499,8 @@ class Shim:
             conn.reply(req_id, self._deleted_result())
             return
         self.status = DELETED
-        self._close_oom_fd()
+        if self.oom is not None:
+            self.oom.close()
         for name in (INIT_PID_FILE, CONSOLE_SOCKET):
             _unlink(self._path(name))
         conn.reply(req_id, self._deleted_result())
@@ -618,7 +518,7 @@ class Shim:
 
     def op_shutdown(self, conn: Connection, req: Request) -> Result:
         if self.status != DELETED:
-            if not _arg(req, "force", bool, False):
+            if not arg(req, "force", bool, False):
                 raise ShimError(
                     "failed_precondition",
                     f"container {self.opts.id} is {self.status}: delete it first or force",
@@ -662,7 +562,8 @@ class Shim:
         for proc in self.execs.values():
             proc.stdio.close()
         self.log.close()
-        self._close_oom_fd()
+        if self.oom is not None:
+            self.oom.close()
 
 
 def _cgroups_path(bundle: str) -> str | None:

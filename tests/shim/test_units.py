@@ -13,7 +13,7 @@ from pyctr.shim import jsonlite
 from pyctr.shim.options import UsageError, parse
 from pyctr.shim.process import exit_info
 from pyctr.shim.protocol import write_exit_record
-from pyctr.shim.service import valid_id
+from pyctr.shim.requests import valid_id
 
 
 @pytest.mark.parametrize(
