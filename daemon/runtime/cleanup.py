@@ -57,6 +57,7 @@ async def remove_orphans(
     runc: str,
     snapshotter: Any,
     shims: ShimPort,
+    systemd_cgroup: bool = False,
 ) -> None:
     ids = {c.id for c in records}
     prefixes = {cid[:16] for cid in ids}
@@ -74,7 +75,11 @@ async def remove_orphans(
                 log.warning("removing runc state of unknown container %s", entry.name[:12])
                 with contextlib.suppress(Exception):
                     await shims.cleanup_dead(
-                        tasks_dir / ".none", entry.name, runc=runc, runc_root=runc_root
+                        tasks_dir / ".none",
+                        entry.name,
+                        runc=runc,
+                        runc_root=runc_root,
+                        systemd_cgroup=systemd_cgroup,
                     )
     if snapshotter is not None:
         owned = {c.snapshot for c in records}

@@ -48,8 +48,9 @@ async def recover(rt: RuntimeManager) -> None:
         except Exception:
             log.exception("recovering container %s", c.id[:12])
     await remove_orphans(
-        records, rt.tasks_dir, rt.runc_root, rt.logs_dir, rt._runc(), rt.ctx.snapshotter, rt.shims
-    )
+        records, rt.tasks_dir, rt.runc_root, rt.logs_dir, rt._runc(), rt.ctx.snapshotter,
+        rt.shims, rt.ctx.cgroups.systemd,
+    )  # fmt: skip
 
 
 async def _recover_one(rt: RuntimeManager, c: Container) -> None:
