@@ -10,8 +10,10 @@ into a parentless active snapshot, and links each to its parent at commit.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,8 +24,19 @@ from pyctr.snapshotter.mount import Mount
 from pyctr.snapshotter.store import DirSnapshotter
 
 
-def overlay_supported() -> bool:
-    """Whether the kernel lists overlay in /proc/filesystems (also a host probe)."""
+def overlay_supported(load: bool = False) -> bool:
+    """Whether the kernel has overlayfs (also a host probe). With load, the
+    module is loaded first if needed: /proc/filesystems lists only loaded
+    filesystems, and a freshly booted node may not have needed overlay yet."""
+    if _listed():
+        return True
+    if load and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "-q", "overlay"], capture_output=True, check=False)
+        return _listed()
+    return False
+
+
+def _listed() -> bool:
     try:
         return any(
             line.split()[-1] == "overlay"
@@ -38,7 +51,7 @@ class OverlaySnapshotter(DirSnapshotter):
     independent_layers = True
 
     def __init__(self, db: MetadataStore, root: Path) -> None:
-        if not overlay_supported():
+        if not overlay_supported(load=True):
             raise FailedPrecondition(
                 'the kernel has no overlay filesystem; set [snapshotter] backend = "native"'
             )
