@@ -144,7 +144,10 @@ def stop_units(names: list[str]) -> None:
 def setup_session(token: str) -> None:
     """Make the session's parent, so the leak check sees only what is below it."""
     if SYSTEMD:
-        return  # systemd makes the slice with the first scope in it
+        # Started now, not implicitly with the first scope in it, so that it
+        # is there before the first test as well as after.
+        subprocess.run(["systemctl", "start", session_parent(token)], check=True)
+        return
     for d in dirs(session_parent(token)):
         d.mkdir(exist_ok=True)
 
