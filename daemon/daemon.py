@@ -135,16 +135,17 @@ class Daemon:
         ctx.streaming = streaming
 
         server = server_mod.build(ctx)
-        server.add_insecure_port(f"unix:{address}")
-        stack.callback(address.unlink, missing_ok=True)
-        # The socket is born 0660 (never briefly wider), then given its group.
+        # grpc binds the socket here: it is born 0660 (never briefly wider)
+        # and gets its group before the server accepts the first client.
         os.umask(0o117)
         try:
-            await server.start()
+            server.add_insecure_port(f"unix:{address}")
         finally:
             os.umask(0o077)
-        stack.push_async_callback(server.stop, SHUTDOWN_GRACE)
+        stack.callback(address.unlink, missing_ok=True)
         _secure_socket(address, socket_gid)
+        await server.start()
+        stack.push_async_callback(server.stop, SHUTDOWN_GRACE)
         log.info(
             "pyctrd %s serving on %s (root %s, state %s, runc %s)",
             VERSION,
