@@ -16,6 +16,7 @@ import pytest
 from pyctr.daemon.pods import netns
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, CriEnv, Kubelet, code_of
+from tests.support import cgroups
 from tests.support.timing import scaled
 
 pytestmark = pytest.mark.root
@@ -152,7 +153,8 @@ def verbose_info(kube: Kubelet, cid: str) -> str:
 
 def test_runtime_settings_and_status(cri_env: CriEnv, kube: Kubelet) -> None:
     got = kube.rt.RuntimeConfig(cri.RuntimeConfigRequest())
-    assert got.linux.cgroup_driver == cri.CGROUPFS
+    # The driver the kubelet must use too: the one the daemon runs with.
+    assert got.linux.cgroup_driver == (cri.SYSTEMD if cgroups.SYSTEMD else cri.CGROUPFS)
     kube.rt.UpdateRuntimeConfig(
         cri.UpdateRuntimeConfigRequest(
             runtime_config=cri.RuntimeConfig(
