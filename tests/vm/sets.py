@@ -21,6 +21,11 @@ SETS: dict[str, list[str]] = {
         "tests/cri/test_containers.py::test_oom_killed_container_is_reported",
         "tests/cri/test_lifecycle.py::test_pods_survive_daemon_restart_and_crash",
         "tests/containers/test_survival.py::test_containers_survive_kill_9_of_the_daemon",
+        # systemd itself: pyctrd as its unit restarts without killing containers;
+        # RuntimeConfig tells the kubelet the driver; cgroup naming per driver.
+        "tests/containers/test_systemd_unit.py",
+        "tests/cri/test_lifecycle.py::test_runtime_settings_and_status",
+        "tests/runtime/test_cgroups.py",
     ],
     # Everything that touches cgroups and the runtime: the CRI (pods, containers,
     # stats, OOM, limits), the container CLI with restart survival, and the faults.
@@ -28,6 +33,8 @@ SETS: dict[str, list[str]] = {
         "tests/cri",
         "tests/containers",
         "tests/faults",
+        "tests/runtime",
+        "tests/shim",
     ],
 }
 
