@@ -60,18 +60,27 @@ async def serve(cfg: Config, config_file: Path | None, cgroups: Cgroups) -> None
 
     stop = asyncio.Event()
     received: list[int] = []
+    daemon = Daemon(cfg, cgroups, config_file)
+    # Handlers first: the socket answers before start() returns. A signal
+    # while it starts (recovery can take a while) cancels the start, which
+    # undoes what it built; the next start recovers the rest.
+    starting = asyncio.ensure_future(daemon.start())
 
     def on_signal(sig: int) -> None:
         received.append(sig)
         stop.set()
+        starting.cancel()
 
-    daemon = Daemon(cfg, cgroups, config_file)
-    # A signal while it starts (recovery can take a while) ends the process as
-    # it always did: whatever start left half-made, the next start recovers.
-    await daemon.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        log.info("received %s while starting, stopped", signal.Signals(received[0]).name)
+        return
     try:
         await stop.wait()
         log.info("received %s, shutting down", signal.Signals(received[0]).name)
