@@ -154,6 +154,13 @@ class Cgroup:
             return _keyed(f"{mem}/memory.oom_control").get("oom_kill", 0)
         return 0
 
+    def parent_oom_kills(self) -> int | None:
+        """The parent's count (cgroup v2 counts the children's kills in it too)."""
+        if not self.unified:
+            return None
+        text = _read(f"{os.path.dirname(self.unified)}/memory.events")
+        return None if text is None else parse_keyed(text).get("oom_kill", 0)
+
     def open_memory_events(self) -> int:
         """memory.events opened for the loop's change watch (cgroup v2), or -1."""
         if not self.unified:

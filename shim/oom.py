@@ -2,8 +2,14 @@
 
 Kills counted before the container existed are not its own, so the count
 starts from the cgroup's at creation. cgroup v2 is watched through a change
-watch on memory.events (read again at exit: the systemd driver's scope, and
-its counters, go once it is empty); v1 through the memory.oom_control eventfd.
+watch on memory.events, read again when init is reaped; v1 through the
+memory.oom_control eventfd.
+
+Under the systemd driver the scope, and its counters, go as soon as it is
+empty, which can be before the shim reaps init (the kernel's notification
+runs from a work queue, rate-limited). The parent slice's memory.events
+counts its children's kills too, so a SIGKILLed init whose scope is already
+gone is OOM-killed when the parent counted a kill since the container began.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class OomWatch:
         self.cgroup = cgroup
         self.on_oom = on_oom  # called with the container's kills so far
         self.base = self.seen = cgroup.oom_kills()
+        self.parent_base = cgroup.parent_oom_kills()
         self.fd = -1
 
     def watch(self) -> None:
@@ -34,6 +41,17 @@ class OomWatch:
             self.fd = self.cgroup.oom_eventfd()
             if self.fd >= 0:
                 self.loop.add_reader(self.fd, self._eventfd)
+
+    def sample(self, killed: bool) -> None:
+        """Init was reaped (killed: by SIGKILL): count its kills while they
+        can still be read."""
+        if not self.cgroup.unified:
+            return
+        self._memory_events()
+        if killed and self.seen == self.base and not self.cgroup.exists():
+            parent = self.cgroup.parent_oom_kills()
+            if self.parent_base is not None and parent is not None and parent > self.parent_base:
+                self._check(self.base + 1)
 
     def at_exit(self) -> bool:
         """Whether the container was OOM-killed. A kill not announced yet (no

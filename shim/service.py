@@ -428,6 +428,10 @@ class Shim:
             if pid == 0:
                 return
             proc = self.procs.pop(pid, None)
+            if proc is self.init and self.oom is not None:
+                # Now, not when the output is drained: under the systemd driver
+                # the scope and its counters go as soon as it is empty.
+                self.oom.sample(killed=os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9)
             if proc is not None:
                 proc.reap(status, time.time_ns())
 
