@@ -9,6 +9,7 @@ and still usable after the init process is gone (until `runc delete`).
 
 from __future__ import annotations
 
+import _signal  # `signal` wraps this in enums, which costs ~0.9 MB
 import os
 import time
 
@@ -34,6 +35,20 @@ def _int(path: str) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def _write(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, data)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _keyed(path: str) -> dict[str, int]:
@@ -251,6 +266,46 @@ class Cgroup:
                 if text is not None:
                     return sorted(int(p) for p in text.split())
         return None
+
+    def kill(self) -> int:
+        """SIGKILL every process left in the container's cgroup (and its
+        sub-cgroups); how many there were.
+
+        cgroup v2's cgroup.kill does it in one write, forks included; else
+        each pid of cgroup.procs is pinned with a pidfd and signalled only if
+        it is still a member, so a pid reused meanwhile is never hit. Refused
+        for a hierarchy's root or a cgroup that holds the shim itself: the
+        container must have a cgroup of its own for this to be its processes.
+        """
+        dirs = (self.unified, self.dirs.get("pids"), self.dirs.get("memory"))
+        d = next((d for d in dirs if d and os.path.exists(f"{d}/cgroup.procs")), None)
+        if d is None:
+            return 0
+        pids = _pids(d)
+        if not pids or os.getpid() in pids or not os.path.exists(f"{d}/../cgroup.procs"):
+            return 0
+        if d == self.unified and _write(f"{d}/cgroup.kill", b"1"):
+            return len(pids)
+        pinned = []
+        for pid in pids:
+            try:
+                pinned.append((pid, os.pidfd_open(pid)))
+            except OSError:  # gone already
+                pass
+        members = set(_pids(d))
+        for pid, fd in pinned:
+            try:
+                if pid in members:
+                    _signal.pidfd_send_signal(fd, 9)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return len(pids)
+
+
+def _pids(directory: str) -> list[int]:
+    return [int(p) for p in (_read(f"{directory}/cgroup.procs") or "").split()]
 
 
 def pressure(directory: str, resource: str) -> dict[str, tuple[float, float, float, int]]:

@@ -2,8 +2,9 @@
 
 A process is over when it has been reaped *and* its output has been read to
 the end (or a short grace has passed: a background child may hold the pipe
-forever). Only then is its exit final, so the last lines of output always
-reach the log and attached clients before the exit does.
+forever; for the container's init the shim kills such children first).
+Only then is its exit final, so the last lines of output always reach the
+log and attached clients before the exit does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ if TYPE_CHECKING:  # typing and collections.abc cost memory at run time
 
     ExitInfo = dict[str, Any]
 
-OUTPUT_GRACE = 2.0  # seconds to wait for output EOF after the process is reaped
+# Seconds to wait for output EOF after the process is reaped. For the
+# container's init a safety net only: the shim kills what is left of the
+# container at once (service.Shim.kill_leftovers), which ends the output.
+OUTPUT_GRACE = 2.0
 ATTACH_HIGH_WATER = 1 << 20  # exec attach: stop reading the process above this backlog
 ATTACH_DROP = 4 << 20  # container attach: a client this far behind is dropped
 DEFAULT_MAX_OUTPUT = 16 << 20
@@ -67,7 +71,9 @@ class Proc:
 
     def reap(self, status: int, now_ns: int) -> None:
         self.reaped = exit_info(self.pid, status, now_ns)
-        if not self.stdio.at_eof:
+        # Usually the output's end is already there, behind the last lines.
+        self.stdio.drain()
+        if self.exit is None and not self.stdio.at_eof:
             self._grace = self.loop.call_later(OUTPUT_GRACE, self.finish)
         self._maybe_final()
 

@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # typing costs memory at run time
 
 CREATED, RUNNING, PAUSED, STOPPED, DELETED = "created", "running", "paused", "stopped", "deleted"
 MAX_EXITED_EXECS = 64  # finished execs kept for `wait` and `state`
+KILL_RETRY = 0.1  # seconds between kills of a container's leftovers
 
 
 class Shim:
@@ -434,6 +435,21 @@ class Shim:
                 self.oom.sample(killed=os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9)
             if proc is not None:
                 proc.reap(status, time.time_ns())
+                if proc is self.init and proc.exit is None:
+                    self.kill_leftovers()
+
+    def kill_leftovers(self) -> None:
+        """Init is gone but the container's output is still open: other
+        processes of the container hold it (a pod-shared PID namespace, a
+        child sent to the background). The kubelet takes the container as
+        over, so kill what is left of it now; the output then ends and the
+        exit is final, every line read. Again every KILL_RETRY while it stays
+        open (a fork can race the kill); OUTPUT_GRACE bounds the wait."""
+        init = self.init
+        if init is None or init.exit is not None or self.cgroup is None:
+            return
+        self.cgroup.kill()
+        self.loop.call_later(KILL_RETRY, self.kill_leftovers)
 
     def _exec_exited(self, proc: Proc) -> None:
         assert isinstance(proc, ExecProc) and proc.exit is not None

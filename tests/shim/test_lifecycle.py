@@ -17,6 +17,7 @@ from pyctr.daemon.runtime.shim_launch import read_exit_record, read_shim_pid
 from pyctr.daemon.runtime.shim_rpc import connect_shim
 from pyctr.daemon.runtime.shim_types import RuncError, ShimOptions
 from tests.shim.conftest import Harness, alive, runc, wait_until, zombies_of
+from tests.support import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -204,3 +205,49 @@ async def test_runc_state_dir_cleaned_after_delete(harness: Harness) -> None:
     await client.delete()
     assert opts.id not in runc(harness.runc_root, "list", "-q").stdout
     assert _runc_state_gone(harness, opts)
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipes", "tty"])
+async def test_exit_kills_what_init_left_behind(harness: Harness, tty: bool) -> None:
+    # Without a pid namespace of its own (as in a pod that shares one) a
+    # background child outlives init, holding its output open. The exit is
+    # final only once that output ended, and the shim ends it: it kills the
+    # rest of the container's cgroup. So by the time `wait` answers, before
+    # any delete, the child is dead and every line is in the log.
+    script = "sleep 1000 & echo child $!; i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo l$i; done"
+    client = await harness.spawn(
+        f"leftover-{int(tty)}", ["sh", "-c", script + "; exit 7"], tty=tty, edit=_no_pid_namespace
+    )
+    opts = harness.options[-1]
+    await client.start()
+    exit = await asyncio.wait_for(client.wait(), 30)
+    assert exit.exit_status == 7
+    lines = [line.split(" ", 3)[3].rstrip("\r") for line in harness.log_of(opts).splitlines()]
+    child = int(lines[0].removeprefix("child "))
+    assert not alive(child)
+    assert lines[1:] == [f"l{i}" for i in range(1, 201)]
+    await client.delete()
+
+
+async def test_leftover_kill_spares_other_cgroups(harness: Harness) -> None:
+    # A process of the container's that moved to another cgroup is not the
+    # container's to kill: it keeps running, and the exit is final after the
+    # bounded wait for the output it still holds.
+    script = "sleep 1000 & echo $!; read x; echo bye"
+    client = await harness.spawn("spare", ["sh", "-c", script], stdin=True, edit=_no_pid_namespace)
+    opts = harness.options[-1]
+    await client.start()
+    wait_until(lambda: harness.log_of(opts).strip(), what="the child's pid")
+    child = int(harness.log_of(opts).split()[3])
+    try:
+        for hierarchy in cgroups.hierarchies():
+            (hierarchy / "cgroup.procs").write_text(str(child))
+        await client.close_stdin()
+        exit = await asyncio.wait_for(client.wait(), 30)
+        assert exit.exit_status == 0
+        assert alive(child)
+        assert harness.log_of(opts).split()[-1] == "bye"
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+    await client.delete()
