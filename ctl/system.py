@@ -52,11 +52,17 @@ def info(client: Client, opts: argparse.Namespace) -> int:
         ("Kernel", resp.kernel),
         ("PID", resp.pid),
     ]
-    pairs += [
-        (f.name, f"{f.value} {('(' + f.detail + ')') if f.detail else ''}".strip())
-        for f in resp.features
-    ]
+    handlers: list[tuple[str, object]] = []
+    for f in resp.features:
+        text = f"{f.value} {('(' + f.detail + ')') if f.detail else ''}".strip()
+        if f.name.startswith("runtime "):  # a runtime handler, then its features
+            handlers.append((f.name.removeprefix("runtime "), text))
+        else:
+            pairs.append((f.name, text))
     print_fields(pairs)
+    if handlers:
+        print("\nRuntime handlers (usable here? features, and why):")
+        print_fields([(f"  {name}", text) for name, text in handlers])
     if opts.verbose:
         print("\n" + resp.config_toml, end="")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -80,6 +81,18 @@ class Streaming:
 
 
 @dataclass
+class RuntimeHandler:
+    binary: str = _opt("", "the OCI runtime binary (name on PATH or absolute path)")
+    root: str = _opt("", 'its state dir (--root); "": <state>/<handler name>')
+
+
+_RUNTIMES_DOC = (
+    "an OCI runtime handler (a RuntimeClass's handler); runc (runtime.runc) and crun, "
+    "when installed, are built in; add one table per extra handler"
+)
+
+
+@dataclass
 class Cri:
     sandbox_image: str = _opt("registry.k8s.io/pause:3.9", "image of each pod's infra container")
     cgroup_driver: str = _opt(
@@ -90,6 +103,10 @@ class Cri:
     restrict_oom_score_adj: bool = _opt(
         True, "never give a container an oom_score_adj below the daemon's own"
     )
+    default_runtime: str = _opt(
+        "runc", 'the handler of pods whose runtime_handler is "" (and of native containers)'
+    )
+    runtimes: dict[str, RuntimeHandler] = _opt({}, "runtime handlers, see below")
     cni: Cni = _section(Cni, "container networking")
     streaming: Streaming = _section(Streaming, "the streaming server")
 
@@ -192,6 +209,10 @@ _CHOICES = {
 }
 
 
+# A RuntimeClass's handler is a DNS label.
+_HANDLER_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
 def _check_choices(config: Config) -> None:
     for dotted, allowed in _CHOICES.items():
         value: Any = config
@@ -202,6 +223,9 @@ def _check_choices(config: Config) -> None:
             raise InvalidArgument(f"config: {dotted!r} must be {words}, not {value!r}")
     if config.snapshotter.max_parallel_unpack < 1:
         raise InvalidArgument("config: 'snapshotter.max_parallel_unpack' must be at least 1")
+    for name in [config.cri.default_runtime, *config.cri.runtimes]:
+        if not _HANDLER_RE.match(name):
+            raise InvalidArgument(f"config: runtime handler name {name!r} is not a DNS label")
     for name in ("root", "state", "address"):
         if not getattr(config, name).startswith("/"):
             raise InvalidArgument(f"config: {name!r} must be an absolute path")
@@ -234,6 +258,11 @@ def dump_toml(data: typing.Mapping[str, Any], table: str = "") -> str:
 
 
 SECRET_KEYS = frozenset({"password", "auth"})
+# Tables of tables, rendered one table per entry (a commented example when empty).
+_TABLES: dict[str, tuple[str, type, str]] = {
+    "hosts": ("myregistry:5000", RegistryHost, _REGISTRY_HOSTS_DOC),
+    "runtimes": ("youki", RuntimeHandler, _RUNTIMES_DOC),
+}
 
 
 def render(config: Config, *, redact: bool = True) -> str:
@@ -247,19 +276,21 @@ def render(config: Config, *, redact: bool = True) -> str:
             if dataclasses.is_dataclass(value):
                 sections.append((f, value))
                 continue
-            if f.name == "hosts":
+            if f.name in _TABLES:
                 continue
             if redact and f.name in SECRET_KEYS and value:
                 value = "<redacted>"
             lines.append(f"# {f.metadata['doc']}")
             lines.append(f"{f.name} = {toml_value(value)}")
-        if table == "registry":
-            hosts = obj.hosts or {"myregistry:5000": None}
-            for host, settings in hosts.items():
+        for key, (example, cls, doc) in _TABLES.items():
+            if not hasattr(obj, key):
+                continue
+            entries = getattr(obj, key) or {example: None}
+            for name, settings in entries.items():
                 prefix = "" if settings else "# "
-                lines.extend(["", f"# {_REGISTRY_HOSTS_DOC}", f'{prefix}[registry.hosts."{host}"]'])
-                shown = settings or RegistryHost()
-                for hf in dataclasses.fields(RegistryHost):
+                lines.extend(["", f"# {doc}", f'{prefix}[{table}.{key}."{name}"]'])
+                shown = settings or cls()
+                for hf in dataclasses.fields(cls):
                     value = getattr(shown, hf.name)
                     if redact and hf.name in SECRET_KEYS and value:
                         value = "<redacted>"

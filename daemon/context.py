@@ -7,7 +7,7 @@ service; nothing else is global.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pyctr.daemon.images.content import ContentStore
     from pyctr.daemon.images.manager import ImageManager
     from pyctr.daemon.pods.manager import SandboxManager
+    from pyctr.daemon.runtime.handlers import Handlers
     from pyctr.daemon.runtime.manager import RuntimeManager
     from pyctr.daemon.snapshots import Snapshots
     from pyctr.daemon.streaming.server import StreamingServer
@@ -36,6 +37,9 @@ class Context:
     cgroups: Cgroups
     started_at_ns: int = field(default_factory=time.time_ns)
     events: EventBus = field(default_factory=EventBus, repr=False, compare=False)
+    # The runtime handlers as `handlers.probe` found them; without, runc alone.
+    probed_handlers: InitVar[Handlers | None] = None
+    handlers: Handlers = field(init=False, repr=False, compare=False)
     # Set by `Daemon.start` in its build order. Reading one before it is set
     # is a wiring bug, and fails (AttributeError) rather than handing out None.
     snapshotter: Snapshots = field(init=False, repr=False, compare=False)
@@ -44,3 +48,9 @@ class Context:
     runtime: RuntimeManager = field(init=False, repr=False, compare=False)
     sandboxes: SandboxManager = field(init=False, repr=False, compare=False)  # CRI pods
     streaming: StreamingServer = field(init=False, repr=False, compare=False)  # exec URLs
+
+    def __post_init__(self, probed_handlers: Handlers | None) -> None:
+        from pyctr.daemon.runtime.handlers import single
+
+        root = str(self.config.state_dir / "runc")
+        self.handlers = probed_handlers or single(self.runc_path, root, self.config.runtime.runc)

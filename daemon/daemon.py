@@ -37,7 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyctr.daemon import host
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.version import VERSION
@@ -87,10 +86,14 @@ class Daemon:
             log.info("pyctrd stopped")
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        import asyncio
+
         from pyctr.daemon import server as server_mod
         from pyctr.daemon.context import Context
+        from pyctr.daemon.errors import InvalidArgument
         from pyctr.daemon.metadata import Metadata
         from pyctr.daemon.pods.manager import SandboxManager
+        from pyctr.daemon.runtime.handlers import probe as probe_handlers
         from pyctr.daemon.runtime.manager import RuntimeManager
         from pyctr.daemon.streaming.backend import RuntimeBackend
         from pyctr.daemon.streaming.server import StreamingServer
@@ -108,13 +111,23 @@ class Daemon:
 
         db = Metadata(root / "meta.db")
         stack.callback(db.close)
-        runc_path = host.find_runc(cfg.runtime.runc)
+        try:
+            handlers = await asyncio.to_thread(probe_handlers, cfg, cgroups)
+        except InvalidArgument as e:
+            raise StartupError(str(e)) from None
+        for h in handlers.by_name.values():
+            log.info(
+                "runtime handler %s: %s %s%s", h.name, h.path or h.binary, h.version,
+                f" (unusable: {h.unusable})" if h.unusable else "",
+            )  # fmt: skip
+        runc_path = handlers.by_name[handlers.default].path
         if runc_path is None:
             log.warning("runc %r not found: containers cannot run", cfg.runtime.runc)
         log.info("cgroup %s, driver %s (%s)", cgroups.version, cgroups.driver, cgroups.reason)
         ctx = Context(
-            config=cfg, config_file=self.config_file, db=db, runc_path=runc_path, cgroups=cgroups
-        )
+            config=cfg, config_file=self.config_file, db=db, runc_path=runc_path, cgroups=cgroups,
+            probed_handlers=handlers,
+        )  # fmt: skip
         self._ctx = ctx
 
         await open_images(ctx, stack)

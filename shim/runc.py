@@ -130,7 +130,8 @@ def _read_all(fd: int) -> bytes:
 
 
 class Runc:
-    """runc with the global flags of one shim: binary, state root, JSON log."""
+    """The OCI runtime (runc, or crun: the same command line) with the global
+    flags of one shim: binary, state root, JSON log."""
 
     def __init__(
         self,
@@ -141,6 +142,7 @@ class Runc:
         systemd_cgroup: bool = False,
     ) -> None:
         self.binary = find_executable(binary)
+        self.name = os.path.basename(self.binary)  # runc, crun, ...: errors say which
         self.root = root
         self.log_path = log_path
         self.debug = debug
@@ -197,7 +199,9 @@ class Runc:
             for fd in own:
                 os.close(fd)
         if status == -1:
-            raise RuncError(f"runc {args[0]} timed out after {timeout:g}s", "deadline_exceeded")
+            raise RuncError(
+                f"{self.name} {args[0]} timed out after {timeout:g}s", "deadline_exceeded"
+            )
         code = os.waitstatus_to_exitcode(status)
         if code != 0 and check:
             raise RuncError(self._error_text(log_start, err, args[0], code))
@@ -233,7 +237,7 @@ class Runc:
             message = stderr.decode("utf-8", "replace").strip()
         if not message:
             message = f"exited with status {code}"
-        return f"runc {command}: {message}"
+        return f"{self.name} {command}: {message}"
 
 
 class ConsoleSocket:

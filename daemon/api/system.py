@@ -9,6 +9,7 @@ import grpc
 
 from pyctr.daemon import config, host
 from pyctr.daemon.context import Context
+from pyctr.daemon.runtime.handlers import info_features
 from pyctr.daemon.version import CRI_API_VERSION, NATIVE_API_VERSION, VERSION
 from pyctr.proto import system_pb2 as pb
 from pyctr.proto import system_pb2_grpc
@@ -44,6 +45,10 @@ class SystemService(system_pb2_grpc.SystemServicer):
             features=[
                 pb.Feature(name=f.name, value=f.value, detail=f.detail)
                 for f in host.features(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, self.ctx.cgroups)
+            ]
+            + [
+                pb.Feature(name=name, value=value, detail=detail)
+                for name, value, detail in info_features(self.ctx.handlers)
             ],
             pid=os.getpid(),
             started_at=self.ctx.started_at_ns,

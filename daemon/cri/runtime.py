@@ -17,18 +17,23 @@ from pyctr.daemon.cri.containers import ContainerRpcs
 from pyctr.daemon.cri.sandbox import SandboxRpcs
 from pyctr.daemon.cri.stats import StatsRpcs
 from pyctr.daemon.cri.streaming import StreamingRpcs
-from pyctr.daemon.pods.manager import RUNTIME_HANDLERS
+from pyctr.daemon.runtime.handlers import Handlers, handler_info
 from pyctr.daemon.version import CRI_API_VERSION, RUNTIME_NAME, VERSION
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import cri_pb2_grpc
 
-# What each handler RunPodSandbox accepts supports (the kubelet shows them in
-# the node's status and refuses pods needing what is missing): neither
-# recursive read-only mounts nor user namespaces.
-RUNTIME_HANDLER_FEATURES = [
-    cri.RuntimeHandler(name=name, features=cri.RuntimeHandlerFeatures())
-    for name in RUNTIME_HANDLERS
-]
+
+def runtime_handlers(handlers: Handlers) -> list[cri.RuntimeHandler]:
+    """Each handler a pod can run on here ("" is the default), with what it
+    supports: the kubelet shows them in the node's status and refuses pods
+    needing what their handler lacks. Not yet claimed by pyctr: recursive
+    read-only mounts, user namespaces."""
+    out = []
+    for h in handlers.usable:
+        features = cri.RuntimeHandlerFeatures()
+        names = [""] if h.name == handlers.default else []
+        out += [cri.RuntimeHandler(name=n, features=features) for n in [*names, h.name]]
+    return out
 
 
 class RuntimeRpcs:
@@ -50,10 +55,12 @@ class RuntimeRpcs:
         self, request: cri.StatusRequest, context: grpc.aio.ServicerContext
     ) -> cri.StatusResponse:
         runtime_ready = cri.RuntimeCondition(type="RuntimeReady", status=True)
-        if self.ctx.runc_path is None:
+        handlers = self.ctx.handlers
+        default = handlers.by_name[handlers.default]
+        if not default.usable:
             runtime_ready.status = False
-            runtime_ready.reason = "RuncNotFound"
-            runtime_ready.message = f"runc binary {self.ctx.config.runtime.runc!r} not found"
+            runtime_ready.reason = "RuncNotFound" if default.path is None else "RuntimeUnusable"
+            runtime_ready.message = f"default runtime handler {default.name!r}: {default.unusable}"
         network_ready = self._network_condition()
         info: dict[str, str] = {}
         if request.verbose:
@@ -62,6 +69,8 @@ class RuntimeRpcs:
             info["config"] = json.dumps(
                 {
                     "runc": self.ctx.runc_path,
+                    "defaultRuntime": handlers.default,
+                    "runtimes": {h.name: handler_info(h) for h in handlers.by_name.values()},
                     "cgroup": self.ctx.cgroups.version,
                     "cgroupDriver": self.ctx.cgroups.driver,
                 }
@@ -69,7 +78,7 @@ class RuntimeRpcs:
         return cri.StatusResponse(
             status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
             info=info,
-            runtime_handlers=RUNTIME_HANDLER_FEATURES,
+            runtime_handlers=runtime_handlers(handlers),
             # Strict supplemental groups are honoured; the kubelet (1.33+)
             # refuses Strict pods on a node whose runtime does not say so.
             features=cri.RuntimeFeatures(supplemental_groups_policy=True),

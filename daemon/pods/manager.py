@@ -76,8 +76,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyctr.sandbox")
 
-# Handlers pyctr answers to: the default and its explicit name.
-RUNTIME_HANDLERS = ("", "runc")
 _META_RE = re.compile(r"^[^\x00-\x1f/]{1,253}$")
 
 
@@ -249,8 +247,7 @@ class SandboxManager:
         md = config.metadata
         for value, what in ((md.name, "name"), (md.namespace, "namespace"), (md.uid, "uid")):
             _check_meta(value, f"pod sandbox metadata {what}")
-        if runtime_handler not in RUNTIME_HANDLERS:
-            raise InvalidArgument(f"unknown runtime handler {runtime_handler!r}")
+        handler = self.ctx.handlers.choose(runtime_handler)
         ns = config.linux.security_context.namespace_options
         if ns.pid == TARGET or ns.ipc == TARGET or ns.network == TARGET:
             raise InvalidArgument("a pod sandbox cannot use namespace mode TARGET")
@@ -311,6 +308,7 @@ class SandboxManager:
                     hostname=hostname,
                     log_directory=config.log_directory,
                     runtime_handler=runtime_handler,
+                    runtime=handler.name,
                     namespaces=Namespaces(network=ns.network, pid=ns.pid, ipc=ns.ipc),
                     netns=netns_path,
                     ips=[],  # once CNI ADD is done
@@ -451,6 +449,7 @@ class SandboxManager:
                     mounts=[StatusMount(**m) for m in plan.status_mounts],
                     stop_signal=stop_signal,
                     image_stop_signal="",
+                    runtime=sb.runtime or "runc",  # "": a pod from before handlers
                 )
                 cgroups, restrict = self.cgroups, self.restrict_oom
 

@@ -17,9 +17,11 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pyctr.daemon.runtime.handlers import Handler
 from pyctr.daemon.runtime.port import ShimPort
 from pyctr.daemon.runtime.records import Container
 from pyctr.snapshotter.mount import unmount_all
@@ -52,9 +54,8 @@ def remove_task_dir(path: Path) -> None:
 async def remove_orphans(
     records: list[Container],
     tasks_dir: Path,
-    runc_root: str,
+    handlers: Iterable[Handler],
     logs_dir: Path,
-    runc: str,
     snapshotter: Any,
     shims: ShimPort,
     systemd_cgroup: bool = False,
@@ -69,16 +70,18 @@ async def remove_orphans(
             if rootfs.exists():
                 await asyncio.to_thread(unmount, rootfs)
             remove_task_dir(entry)
-    if Path(runc_root).is_dir():
-        for entry in Path(runc_root).iterdir():
+    for h in handlers:
+        if h.path is None or not Path(h.root).is_dir():
+            continue
+        for entry in Path(h.root).iterdir():
             if entry.name not in ids and FULL_ID.match(entry.name):
-                log.warning("removing runc state of unknown container %s", entry.name[:12])
+                log.warning("removing %s state of unknown container %s", h.name, entry.name[:12])
                 with contextlib.suppress(Exception):
                     await shims.cleanup_dead(
                         tasks_dir / ".none",
                         entry.name,
-                        runc=runc,
-                        runc_root=runc_root,
+                        runc=h.path,
+                        runc_root=h.root,
                         systemd_cgroup=systemd_cgroup,
                     )
     if snapshotter is not None:

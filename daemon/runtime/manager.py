@@ -46,6 +46,7 @@ from pyctr.daemon.errors import (
 from pyctr.daemon.runtime import recovery
 from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.cleanup import remove_task_dir, unmount
+from pyctr.daemon.runtime.handlers import Handler
 from pyctr.daemon.runtime.port import LocalShims, ShimConnection, ShimPort
 from pyctr.daemon.runtime.records import Container
 from pyctr.daemon.runtime.shim_attach import AttachStream
@@ -95,7 +96,6 @@ class RuntimeManager:
         self.config = ctx.config
         self.store = CachedStore(ctx.db)
         self.tasks_dir = ctx.config.state_dir / "tasks"
-        self.runc_root = str(ctx.config.state_dir / "runc")
         self.logs_dir = ctx.config.root_dir / "logs"
         self._tasks: dict[str, Task] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -135,8 +135,9 @@ class RuntimeManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _runc(self) -> str:
-        return self.ctx.runc_path or self.config.runtime.runc
+    def handler(self, c: Container) -> Handler:
+        """The runtime handler (binary, --root) container c runs with."""
+        return self.ctx.handlers.of(c.runtime)
 
     # -- create ----------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class RuntimeManager:
         images = self.ctx.images
         image = images.store.get(image_ref or record.image)
         image_config = images.store.config(image).get("config") or {}
+        if not record.runtime:
+            record.runtime = self.ctx.handlers.default
         if not record.id:
             record.id = new_id()
         while self.task_dir(record.id).exists():  # a 16-hex prefix collision
@@ -204,9 +207,9 @@ class RuntimeManager:
         start: the shim starts the container too (one `runc run`), and
         returns with it running (pid in `shim.pid`).
         """
-        if self.ctx.runc_path is None:
-            runc = self.config.runtime.runc
-            message = f"runc {runc!r} not found; install runc or set runtime.runc"
+        handler = self.handler(c)
+        if handler.path is None:
+            message = f"runtime {handler.binary!r} (handler {handler.name}) not found"
             await self._start_failed(c, message)
             raise FailedPrecondition(message)
         log_path = c.log_path
@@ -216,8 +219,8 @@ class RuntimeManager:
             id=c.id,
             bundle=str(self.task_dir(c.id)),
             state_dir=str(self.task_dir(c.id)),
-            runc=self.ctx.runc_path,
-            runc_root=self.runc_root,
+            runc=handler.path,
+            runc_root=handler.root,
             log_path=log_path or None,
             tty=c.tty,
             stdin=c.stdin,
@@ -332,7 +335,7 @@ class RuntimeManager:
                 if record is None:
                     message = "the container's shim died; its exit status is unknown"
                     try:
-                        record = await self._cleanup_dead_shim(cid)
+                        record = await self._cleanup_dead_shim(c)
                     except Exception as e:  # runc gone or failing: still record the exit
                         log.error("cleaning up after the shim of %s: %s", cid[:12], e)
                         record = ExitRecord(pid=0, exit_status=255, signal=0, exited_at=0)
@@ -386,12 +389,13 @@ class RuntimeManager:
         except Exception:
             log.exception("auto-removing %s", cid[:12])
 
-    async def _cleanup_dead_shim(self, cid: str) -> ExitRecord:
+    async def _cleanup_dead_shim(self, c: Container) -> ExitRecord:
+        handler = self.handler(c)
         return await self.shims.cleanup_dead(
-            self.task_dir(cid),
-            cid,
-            runc=self._runc(),
-            runc_root=self.runc_root,
+            self.task_dir(c.id),
+            c.id,
+            runc=handler.path or handler.binary,
+            runc_root=handler.root,
             systemd_cgroup=self.ctx.cgroups.systemd,
         )
 
@@ -403,7 +407,7 @@ class RuntimeManager:
                 await shim.shutdown()
         except Unavailable:
             with contextlib.suppress(Exception):
-                await self._cleanup_dead_shim(c.id)
+                await self._cleanup_dead_shim(c)
         except Exception:
             log.exception("deleting task of %s", c.id[:12])
         finally:
@@ -483,8 +487,9 @@ class RuntimeManager:
             # A failed `runc delete` (at exit, say) left runc's state, cgroup
             # and shim behind: clean them now, or fail and keep the record.
             task_dir = self.task_dir(cid)
-            if self.shims.has_runc_state(cid, self.runc_root) or self.shims.shim_pid(task_dir):
-                await self._cleanup_dead_shim(cid)
+            root = self.handler(c).root
+            if self.shims.has_runc_state(cid, root) or self.shims.shim_pid(task_dir):
+                await self._cleanup_dead_shim(c)
             # Record first: a crash from here on leaves only orphans, which
             # the next start sweeps (never a record without its snapshot).
             self.store.delete(cid)

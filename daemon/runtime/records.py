@@ -136,6 +136,9 @@ class Container:
     log_path: str = ""
     console_size: ConsoleSize | None = None  # the terminal's size before the first resize
     auto_remove: bool = False
+    # The runtime handler its process runs with; "" (records older than
+    # handlers) is runc.
+    runtime: str = ""
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # "running" from a caller is Status.RUNNING

@@ -48,14 +48,14 @@ async def recover(rt: RuntimeManager) -> None:
         except Exception:
             log.exception("recovering container %s", c.id[:12])
     await remove_orphans(
-        records, rt.tasks_dir, rt.runc_root, rt.logs_dir, rt._runc(), rt.ctx.snapshotter,
+        records, rt.tasks_dir, rt.ctx.handlers.by_name.values(), rt.logs_dir, rt.ctx.snapshotter,
         rt.shims, rt.ctx.cgroups.systemd,
     )  # fmt: skip
 
 
 async def _recover_one(rt: RuntimeManager, c: Container) -> None:
     task_dir = rt.task_dir(c.id)
-    has_runc_state = rt.shims.has_runc_state(c.id, rt.runc_root)
+    has_runc_state = rt.shims.has_runc_state(c.id, rt.handler(c).root)
     if c.status.may_have_shim:
         try:
             shim = await rt.shims.connect(task_dir)
@@ -82,7 +82,7 @@ async def _recover_one(rt: RuntimeManager, c: Container) -> None:
     if shim is not None:
         await rt._teardown_task(c, shim)
     elif has_runc_state:
-        await rt._cleanup_dead_shim(c.id)
+        await rt._cleanup_dead_shim(c)
     await rt._release_rootfs(c)
     if c.auto_remove:
         rt._spawn(rt._auto_remove(c.id))

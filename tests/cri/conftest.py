@@ -189,6 +189,8 @@ def cri_env(tmp_path_factory: pytest.TempPathFactory, leak_check: LeakCheck) -> 
                 "cri": {
                     "sandbox_image": pause,
                     "cni": {"conf_dir": str(base / "net.d"), "bin_dir": CNI_BIN},
+                    # A second handler on runc, with its own root (test_handlers.py).
+                    "runtimes": {"alt": {"binary": "runc"}},
                 }
             }
             daemon = PyctrDaemon(base, dump_toml(config)).start()
@@ -312,9 +314,9 @@ class Kubelet:
 
     # -- calls -------------------------------------------------------------
 
-    def run_pod(self, config: cri.PodSandboxConfig, timeout: float = 60) -> str:
+    def run_pod(self, config: cri.PodSandboxConfig, timeout: float = 60, handler: str = "") -> str:
         pod_id = self.rt.RunPodSandbox(
-            cri.RunPodSandboxRequest(config=config), timeout=timeout
+            cri.RunPodSandboxRequest(config=config, runtime_handler=handler), timeout=timeout
         ).pod_sandbox_id
         self.pods.append(pod_id)
         return pod_id

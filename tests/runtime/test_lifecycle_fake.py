@@ -121,7 +121,9 @@ async def test_start_runs_in_one_launch_and_exit_is_recorded_with_times(
     c, shim = await running(rt, host)
     (opts,) = host.shims.launched
     assert (
-        opts.start and opts.runc_root == rt.runc_root and opts.state_dir == str(rt.task_dir(c.id))
+        opts.start
+        and opts.runc_root == rt.handler(c).root
+        and opts.state_dir == str(rt.task_dir(c.id))
     )
     assert c.status is Status.RUNNING and c.pid == shim.pid > 0
     assert before <= c.started_at <= time.time_ns()
@@ -239,7 +241,7 @@ async def test_remove_cleans_runc_state_a_failed_delete_left(
     await rt.wait(c.id, 5)
     shim.runc_state = True  # as if `runc delete` had failed at exit
     await rt.remove(c.id)
-    assert host.shims.cleanups == [(c.id, rt.runc_root)]
+    assert host.shims.cleanups == [(c.id, rt.handler(c).root)]
 
 
 async def test_auto_remove(rt: RuntimeManager, host: Host) -> None:
@@ -285,7 +287,7 @@ async def test_a_dead_shim_gets_its_exit_synthesised(rt: RuntimeManager, host: H
     c = await rt.wait(c.id, 5)
     assert (c.status, c.exit_code, c.reason) == (Status.EXITED, 255, "Unknown")
     assert "shim died" in c.message
-    assert set(host.shims.cleanups) == {(c.id, rt.runc_root)}
+    assert set(host.shims.cleanups) == {(c.id, rt.handler(c).root)}
 
 
 async def test_errors_reach_the_api_with_their_codes(rt: RuntimeManager, host: Host) -> None:
@@ -373,7 +375,7 @@ async def test_restart_after_the_shim_died_without_a_record(host: Host) -> None:
     c = rt2.store.get(c.id)
     assert (c.status, c.exit_code, c.reason) == (Status.EXITED, 255, "Unknown")
     assert c.finished_at >= before
-    assert host.shims.cleanups == [(c.id, rt2.runc_root)]
+    assert host.shims.cleanups == [(c.id, rt2.handler(c).root)]
 
 
 async def test_restart_records_a_start_the_crash_kept_from_the_record(host: Host) -> None:
