@@ -21,7 +21,7 @@ import os
 import sys
 
 from pyctr.shim import jsonlite
-from pyctr.shim.loop import Loop
+from pyctr.shim.loop import Loop, Timer
 from pyctr.shim.protocol import ProtocolError, decode_request
 
 TYPE_CHECKING = False
@@ -32,9 +32,10 @@ if TYPE_CHECKING:  # typing and collections.abc cost memory at run time
 MAX_LINE = 1 << 20
 MAX_FRAME = 1 << 20
 READ_SIZE = 65536
+LINGER = 5.0  # seconds a closing connection waits for the client to close
 
 
-REQUEST, EVENTS, ATTACH = "request", "events", "attach"
+REQUEST, EVENTS, ATTACH, CLOSING = "request", "events", "attach", "closing"
 
 
 class ShimError(Exception):
@@ -58,6 +59,7 @@ class Connection:
         self._wbuf = bytearray()
         self._reading = True
         self._close_when_flushed = False
+        self._linger: Timer | None = None  # set while closing
         # attach mode: called with (kind, payload) for each frame received
         self.on_frame: Callable[[int, bytes], None] | None = None
         self.on_close: list[Callable[[], None]] = []
@@ -113,16 +115,36 @@ class Connection:
             return
         self.loop.remove_writer(self.fd)
         if self._close_when_flushed:
-            self.close()
+            self._close_gently()
         elif self.on_drained is not None:
             self.on_drained()
 
     def close_after_flush(self) -> None:
+        """Close once what is queued has gone, without losing it.
+
+        Closing a unix socket with unread input (a frame the client sent as
+        the process exited) resets it, and the client's asyncio reader then
+        raises instead of handing over the exit frame it already holds. So
+        send EOF, discard input until the client closes, then close.
+        """
+        self._close_when_flushed = True
+        self.mode = CLOSING
         if not self._wbuf:
+            self._close_gently()
+
+    def _close_gently(self) -> None:
+        if self.closed or self._linger is not None:
+            return
+        try:
+            self.sock.shutdown(_socket.SHUT_WR)
+        except OSError:
             self.close()
-        else:
-            self._close_when_flushed = True
-            self.pause_reading()
+            return
+        self._linger = self.loop.call_later(LINGER, self.close)
+        self._rbuf.clear()
+        if not self._reading:
+            self._reading = True
+            self.loop.add_reader(self.fd, self._readable)
 
     # -- input -------------------------------------------------------------
 
@@ -132,7 +154,7 @@ class Connection:
             self.loop.remove_reader(self.fd)
 
     def resume_reading(self) -> None:
-        if not self._reading and not self.closed and not self._close_when_flushed:
+        if not self._reading and not self.closed and self.mode != CLOSING:
             self._reading = True
             self.loop.add_reader(self.fd, self._readable)
             self._process()
@@ -177,7 +199,7 @@ class Connection:
                 del self._rbuf[: 5 + size]
                 if self.on_frame is not None:
                     self.on_frame(kind, payload)
-            else:  # EVENTS: the client only listens
+            else:  # EVENTS: the client only listens; CLOSING: nobody listens
                 self._rbuf.clear()
                 return
 
@@ -187,6 +209,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.loop.forget(self.fd)
         self.sock.close()
         self._wbuf.clear()

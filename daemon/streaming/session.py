@@ -25,7 +25,7 @@ import contextlib
 import logging
 from collections import deque
 
-from pyctr.daemon.streaming import spdy
+from pyctr.daemon.streaming import spdy, spdy_events
 
 log = logging.getLogger("pyctr.streaming")
 
@@ -39,7 +39,7 @@ class StreamResetError(ConnectionError):
 
 
 class SpdyStream:
-    def __init__(self, session: SpdySession, event: spdy.StreamOpened) -> None:
+    def __init__(self, session: SpdySession, event: spdy_events.StreamOpened) -> None:
         self.session = session
         self.id = event.stream_id
         self.headers = event.headers
@@ -204,8 +204,8 @@ class SpdySession(asyncio.Protocol):
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _dispatch(self, event: spdy.Event) -> None:
-        if isinstance(event, spdy.DataReceived):
+    def _dispatch(self, event: spdy_events.Event) -> None:
+        if isinstance(event, spdy_events.DataReceived):
             stream = self._streams.get(event.stream_id)
             if stream is None:
                 self.conn.acknowledge(event.stream_id, len(event.data))
@@ -217,22 +217,22 @@ class SpdySession(asyncio.Protocol):
             if self._unread > READ_HIGH_WATER and not self._reading_paused:
                 self._reading_paused = True
                 self.transport.pause_reading()
-        elif isinstance(event, spdy.StreamOpened):
+        elif isinstance(event, spdy_events.StreamOpened):
             stream = SpdyStream(self, event)
             self._streams[event.stream_id] = stream
             self._incoming.put_nowait(stream)
-        elif isinstance(event, spdy.StreamReset):
+        elif isinstance(event, spdy_events.StreamReset):
             stream = self._streams.pop(event.stream_id, None)
             if stream is not None:
                 self._drop_unread(stream)
                 stream._on_reset(event.status)
-        elif isinstance(event, spdy.WindowUpdated):
+        elif isinstance(event, spdy_events.WindowUpdated):
             if event.stream_id == 0:
                 for stream in self._streams.values():
                     stream._on_window()
             elif (stream := self._streams.get(event.stream_id)) is not None:
                 stream._on_window()
-        elif isinstance(event, spdy.GoAwayReceived):
+        elif isinstance(event, spdy_events.GoAwayReceived):
             self._incoming.put_nowait(None)
 
     def _drop_unread(self, stream: SpdyStream) -> None:

@@ -44,6 +44,19 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from pyctr.daemon.streaming.spdy_dictionary import DICTIONARY
+from pyctr.daemon.streaming.spdy_events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    Headers,
+    HeadersReceived,
+    PingReceived,
+    SettingsReceived,
+    StreamOpened,
+    StreamReplied,
+    StreamReset,
+    WindowUpdated,
+)
 
 VERSION = 3
 
@@ -92,8 +105,6 @@ MAX_CONTROL_FRAME = 1 << 20  # nothing legitimate comes near this
 MAX_HEADER_BLOCK = 1 << 16  # inflated size of one header block
 MAX_DATA_FRAME = 1 << 16  # what we put in one DATA frame
 
-Headers = dict[str, list[str]]
-
 
 class ProtocolError(Exception):
     """The peer broke the protocol; a GOAWAY is queued and the session is over."""
@@ -105,82 +116,6 @@ class ProtocolError(Exception):
 
 class StreamClosedError(Exception):
     """Sending on a stream that is closed for sending (or unknown)."""
-
-
-# -- events ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    pass
-
-
-@dataclass(frozen=True)
-class StreamOpened(Event):
-    """The peer sent SYN_STREAM. Answer with `reply` (or `reset`)."""
-
-    stream_id: int
-    headers: Headers
-    fin: bool  # the peer will send nothing on it
-    unidirectional: bool  # we may send nothing on it
-    associated_id: int = 0
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class StreamReplied(Event):
-    stream_id: int
-    headers: Headers
-    fin: bool
-
-
-@dataclass(frozen=True)
-class HeadersReceived(Event):
-    stream_id: int
-    headers: Headers
-    fin: bool
-
-
-@dataclass(frozen=True)
-class DataReceived(Event):
-    """Part of a DATA frame's payload (a large frame comes in pieces); fin on the last."""
-
-    stream_id: int
-    data: bytes
-    fin: bool
-
-
-@dataclass(frozen=True)
-class StreamReset(Event):
-    stream_id: int
-    status: int
-
-
-@dataclass(frozen=True)
-class SettingsReceived(Event):
-    settings: dict[int, int]
-
-
-@dataclass(frozen=True)
-class PingReceived(Event):
-    """A ping the peer started (already answered) or the answer to ours."""
-
-    ping_id: int
-    ours: bool
-
-
-@dataclass(frozen=True)
-class WindowUpdated(Event):
-    """We may send more on stream_id (0: the whole session)."""
-
-    stream_id: int
-    delta: int
-
-
-@dataclass(frozen=True)
-class GoAwayReceived(Event):
-    last_stream_id: int
-    status: int
 
 
 # -- state ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from pyctr.daemon.streaming import spdy
+from pyctr.daemon.streaming import spdy, spdy_events
 from tests.streaming.spdyclient import (
     GOAWAY,
     PING,
@@ -40,14 +40,14 @@ def test_syn_stream_reply_data_fin_in_one_byte_at_a_time() -> None:
     events = []
     for i in range(len(wire)):
         events += conn.receive_data(wire[i : i + 1])
-    opened = [e for e in events if isinstance(e, spdy.StreamOpened)]
+    opened = [e for e in events if isinstance(e, spdy_events.StreamOpened)]
     assert [(e.stream_id, e.headers) for e in opened] == [
         (1, {"streamtype": ["stdin"], "port": ["80"]}),
         (3, {"streamtype": ["error"]}),
     ]
-    data = b"".join(e.data for e in events if isinstance(e, spdy.DataReceived))
+    data = b"".join(e.data for e in events if isinstance(e, spdy_events.DataReceived))
     assert data == b"hello world"
-    assert [e.fin for e in events if isinstance(e, spdy.DataReceived)][-1] is True
+    assert [e.fin for e in events if isinstance(e, spdy_events.DataReceived)][-1] is True
 
     conn.reply(1, {})
     conn.send_data(1, b"x" * 100_000, fin=True)
@@ -63,12 +63,12 @@ def test_ping_is_answered_and_goaway_reported() -> None:
     conn, dec = server()
     enc = Encoder()
     events = conn.receive_data(enc.control(PING, 0, struct.pack(">I", 7)))
-    assert events == [spdy.PingReceived(7, ours=False)]
+    assert events == [spdy_events.PingReceived(7, ours=False)]
     assert [(f.type, f.payload) for f in dec.feed(conn.data_to_send())] == [
         (PING, struct.pack(">I", 7))
     ]
     events = conn.receive_data(enc.control(GOAWAY, 0, struct.pack(">II", 0, 0)))
-    assert events == [spdy.GoAwayReceived(0, 0)]
+    assert events == [spdy_events.GoAwayReceived(0, 0)]
 
 
 def test_windows_honoured_once_the_peer_shows_flow_control() -> None:
@@ -163,4 +163,4 @@ def test_reset_stream_event_and_too_many_streams_refused() -> None:
         (RST_STREAM, (3, spdy.RstStatus.REFUSED_STREAM))
     ]
     events = conn.receive_data(enc.control(RST_STREAM, 0, struct.pack(">II", 1, 5)))
-    assert events == [spdy.StreamReset(1, 5)] and not conn.stream_open(1)
+    assert events == [spdy_events.StreamReset(1, 5)] and not conn.stream_open(1)
