@@ -248,8 +248,12 @@ async def test_auto_remove(rt: RuntimeManager, host: Host) -> None:
     c, shim = await running(rt, host, auto_remove=True)
     shim.exit(0)
     assert (await rt.wait(c.id, 5)).exit_code == 0
-    await until(lambda: not rt.store.list())
-    assert host.snapshotter.active == {} and not rt.task_dir(c.id).exists()
+    # The record goes first, then the snapshot and the task directory (remove's order).
+    await until(
+        lambda: not rt.store.list()
+        and host.snapshotter.active == {}
+        and not rt.task_dir(c.id).exists()
+    )
 
 
 # -- failures --------------------------------------------------------------

@@ -115,6 +115,14 @@ def pids_limit(cgroups_path: str) -> int | None:
     return None if text == "max" else int(text)
 
 
+def frozen(cgroups_path: str) -> bool:
+    """Whether the freezer holds the cgroup: cgroup.events on v2, freezer.state on v1."""
+    if V2:
+        events = dict(line.split() for line in read(cgroups_path, "", "cgroup.events").splitlines())
+        return events.get("frozen") == "1"
+    return read(cgroups_path, "freezer", "freezer.state") == "FROZEN"
+
+
 # -- systemd units -----------------------------------------------------------
 
 
