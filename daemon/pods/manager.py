@@ -420,7 +420,8 @@ class SandboxManager:
             name = container_name(md, sb.metadata)
             with self._reservation(name, cid):
                 image = self.ctx.images.store.get(config.image.image)
-                plan = await asyncio.to_thread(self._plan, config)
+                handler = self.ctx.handlers.of(sb.runtime)
+                plan = await asyncio.to_thread(self._plan, config, handler.rro.on)
                 pid_mode = config.linux.security_context.namespace_options.pid
                 if pid_mode == TARGET:
                     plan.target_pid = self._target_pid(sb, config)
@@ -463,11 +464,11 @@ class SandboxManager:
                 await self.runtime.create(record, build, image_ref=image.id)
                 return record
 
-    def _plan(self, config: cri.ContainerConfig) -> ContainerPlan:
+    def _plan(self, config: cri.ContainerConfig, rro: bool) -> ContainerPlan:
         plan = ContainerPlan()
         seen: set[str] = set()
         for m in config.mounts:
-            mount, status = host_mount(m)
+            mount, status = host_mount(m, rro)
             if mount.destination in seen:
                 raise InvalidArgument(f"two mounts at {mount.destination}")
             seen.add(mount.destination)

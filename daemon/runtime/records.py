@@ -67,6 +67,7 @@ class StatusMount:
     readonly: bool = False
     propagation: int = 0
     selinux_relabel: bool = False
+    recursive_read_only: bool = False
 
 
 @dataclass

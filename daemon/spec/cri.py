@@ -216,15 +216,28 @@ def _make_dirs(path: str) -> None:
         os.chmod(d, 0o755)
 
 
-def host_mount(m: cri.Mount) -> tuple[Mount, dict[str, Any]]:
-    """A CRI mount as an OCI bind mount, with the host side made ready."""
+def host_mount(m: cri.Mount, rro: bool = False) -> tuple[Mount, dict[str, Any]]:
+    """A CRI mount as an OCI bind mount, with the host side made ready.
+
+    rro: whether the pod's runtime handler makes recursive read-only mounts
+    (the `rro` option: mount_setattr over the whole bound tree)."""
     if m.HasField("image") and m.image.image:
         raise InvalidArgument("image volumes are not supported by pyctr")
     if m.uidMappings or m.gidMappings:
         raise InvalidArgument("idmapped mounts are not supported by pyctr")
-    if m.recursive_read_only:
-        raise InvalidArgument("recursive read-only mounts are not supported by pyctr")
     dest = _clean_abs(m.container_path, "mount container_path")
+    if m.recursive_read_only:
+        # The CRI's rules: only a read-only, private mount can be recursive read-only.
+        if not m.readonly:
+            raise InvalidArgument(f"mount {dest}: recursive_read_only needs readonly")
+        if m.propagation != cri.PROPAGATION_PRIVATE:
+            raise InvalidArgument(
+                f"mount {dest}: recursive_read_only needs propagation PROPAGATION_PRIVATE"
+            )
+        if not rro:
+            raise FailedPrecondition(
+                f"mount {dest}: the pod's runtime handler cannot make recursive read-only mounts"
+            )
     requested = _clean_abs(m.host_path, "mount host_path")
     if not os.path.lexists(requested):
         # The kubelet expects a missing hostPath to appear as a directory.
@@ -242,6 +255,8 @@ def host_mount(m: cri.Mount) -> tuple[Mount, dict[str, Any]]:
             f"host-to-container mount of {source}: its mount is neither shared nor slave"
         )
     options = ["rbind", propagation, "ro" if m.readonly else "rw"]
+    if m.recursive_read_only:
+        options.append("rro")
     for opt in m.mount_options:
         if opt not in _MOUNT_OPTIONS:
             raise InvalidArgument(f"mount option {opt!r} is not allowed")
@@ -252,6 +267,7 @@ def host_mount(m: cri.Mount) -> tuple[Mount, dict[str, Any]]:
         "readonly": m.readonly,
         "propagation": int(m.propagation),
         "selinux_relabel": m.selinux_relabel,
+        "recursive_read_only": m.recursive_read_only,
     }
     return Mount(dest, source, "bind", options), status
 

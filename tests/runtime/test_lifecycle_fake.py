@@ -250,9 +250,9 @@ async def test_auto_remove(rt: RuntimeManager, host: Host) -> None:
     assert (await rt.wait(c.id, 5)).exit_code == 0
     # The record goes first, then the snapshot and the task directory (remove's order).
     await until(
-        lambda: not rt.store.list()
-        and host.snapshotter.active == {}
-        and not rt.task_dir(c.id).exists()
+        lambda: (
+            not rt.store.list() and host.snapshotter.active == {} and not rt.task_dir(c.id).exists()
+        )
     )
 
 
