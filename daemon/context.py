@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     # wherever a Context is named.
     from pyctr.daemon.images.content import ContentStore
     from pyctr.daemon.images.manager import ImageManager
+    from pyctr.daemon.images.volumes import ImageVolumes
     from pyctr.daemon.pods.manager import SandboxManager
     from pyctr.daemon.runtime.handlers import Handlers
     from pyctr.daemon.runtime.manager import RuntimeManager
@@ -45,6 +46,7 @@ class Context:
     snapshotter: Snapshots = field(init=False, repr=False, compare=False)
     content: ContentStore = field(init=False, repr=False, compare=False)
     images: ImageManager = field(init=False, repr=False, compare=False)
+    image_volumes: ImageVolumes = field(init=False, repr=False, compare=False)
     runtime: RuntimeManager = field(init=False, repr=False, compare=False)
     sandboxes: SandboxManager = field(init=False, repr=False, compare=False)  # CRI pods
     streaming: StreamingServer = field(init=False, repr=False, compare=False)  # exec URLs

@@ -179,6 +179,7 @@ async def open_images(ctx: Context, stack: contextlib.AsyncExitStack) -> ImageMa
 
     from pyctr.daemon.images.content import ContentStore
     from pyctr.daemon.images.manager import ImageManager
+    from pyctr.daemon.images.volumes import ImageVolumes
     from pyctr.daemon.snapshots import open_snapshots
 
     cfg = ctx.config
@@ -186,6 +187,7 @@ async def open_images(ctx: Context, stack: contextlib.AsyncExitStack) -> ImageMa
     # Interrupted extractions and half-made snapshots of the last run go first.
     await asyncio.to_thread(snapshots.reconcile)
     ctx.snapshotter = snapshots
+    ctx.image_volumes = ImageVolumes(snapshots, cfg.state_dir / "image-volumes")
     ctx.content = ContentStore(cfg.root_dir / "content")
     images = ImageManager(ctx)
     stack.push_async_callback(images.close)

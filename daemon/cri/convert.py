@@ -8,7 +8,6 @@ a dict lookup and some message building, never a shim call.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import signal as signals
@@ -17,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pyctr.daemon.errors import PyctrError
-from pyctr.daemon.runtime.records import CriContainer, Sandbox
+from pyctr.daemon.runtime.records import CriContainer, Sandbox, StatusMount
 from pyctr.daemon.runtime.states import Status
 from pyctr.daemon.spec.cri import cri_resources, cri_signal, parse_signal
 from pyctr.proto import cri_pb2 as cri
@@ -204,6 +203,21 @@ def _resources(c: CriContainer) -> cri.ContainerResources:
     return cri.ContainerResources(linux=cri_resources(linux.get("resources") or {}, oom))
 
 
+def status_mount(m: StatusMount) -> cri.Mount:
+    """A mount as asked for; an image volume names its image with the ID it resolved to."""
+    image = cri.ImageSpec(image=m.image, image_ref=m.image_ref) if m.image else None
+    return cri.Mount(
+        container_path=m.container_path,
+        host_path=m.host_path,
+        readonly=m.readonly,
+        propagation=m.propagation,  # type: ignore[arg-type]
+        selinux_relabel=m.selinux_relabel,
+        recursive_read_only=m.recursive_read_only,
+        image=image,
+        image_sub_path=m.image_sub_path,
+    )
+
+
 def container_status(c: CriContainer) -> cri.ContainerStatus:
     user = (c.spec.get("process") or {}).get("user") or {}
     status = cri.ContainerStatus(
@@ -221,7 +235,7 @@ def container_status(c: CriContainer) -> cri.ContainerStatus:
         message=c.message if c.status.has_exited else "",
         labels=c.labels,
         annotations=c.annotations,
-        mounts=[cri.Mount(**dataclasses.asdict(m)) for m in c.mounts],
+        mounts=[status_mount(m) for m in c.mounts],
         log_path=c.log_path,
         resources=_resources(c),
         image_id=c.image_id,

@@ -20,11 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyctr.daemon.errors import FailedPrecondition
 from pyctr.daemon.images.auth import Credentials
 from pyctr.daemon.images.content import ContentStore
 from pyctr.daemon.images.gc import GarbageCollector, GCResult
 from pyctr.daemon.images.leases import Leases
 from pyctr.daemon.images.pull import LayerProgress, Puller, PullProgress
+from pyctr.daemon.images.reference import is_digest, is_image_id
 from pyctr.daemon.images.registry import RegistryClient
 from pyctr.daemon.images.store import Image, ImageStore
 
@@ -89,6 +91,15 @@ class ImageManager:
         return image
 
     async def remove(self, ref: str, collect: bool = True) -> list[str]:
+        image = self.store.find(ref)
+        # Untagging one of several names leaves the image, so that is fine.
+        untag = (
+            not (is_digest(ref) or is_image_id(ref)) and image is not None and len(image.names) > 1
+        )
+        if image is not None and not untag and image.id in self.ctx.image_volumes.mounted():
+            raise FailedPrecondition(
+                f"image {image.id[:19]} is mounted as an image volume by a container"
+            )
         deleted = self.store.remove(ref)
         if deleted and collect:
             await self.gc.collect()

@@ -43,6 +43,8 @@ from google.protobuf import json_format
 
 from pyctr.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pyctr.daemon.images.reference import parse
+from pyctr.daemon.images.store import Image
+from pyctr.daemon.images.volumes import resolve_in_image
 from pyctr.daemon.pods import netns
 from pyctr.daemon.pods.cni import CniManager, PodNetwork, PortMapping
 from pyctr.daemon.pods.files import HOSTNAME_RE, PodFiles, resolv_conf
@@ -66,6 +68,7 @@ from pyctr.daemon.spec.cri import (
     PodView,
     container_options,
     host_mount,
+    image_mount,
     request_devices,
     sandbox_options,
 )
@@ -421,54 +424,89 @@ class SandboxManager:
             with self._reservation(name, cid):
                 image = self.ctx.images.store.get(config.image.image)
                 handler = self.ctx.handlers.of(sb.runtime)
-                plan = await asyncio.to_thread(self._plan, config, handler.rro.on)
-                pid_mode = config.linux.security_context.namespace_options.pid
-                if pid_mode == TARGET:
-                    plan.target_pid = self._target_pid(sb, config)
-                log_path = container_log_path(sb.log_directory, config.log_path)
-                stop_signal = int(config.stop_signal)
-                record = CriContainer(
-                    id=cid,
-                    name=name,
-                    sandbox_id=sb.id,
-                    image=config.image.image,
-                    labels=dict(config.labels),
-                    annotations=dict(config.annotations),
-                    metadata=ContainerMetadata(name=md.name, attempt=md.attempt),
-                    image_spec=ImageSpec(
-                        image=config.image.image,
-                        annotations=dict(config.image.annotations),
-                        user_specified_image=config.image.user_specified_image,
-                        runtime_handler=config.image.runtime_handler,
-                    ),
-                    image_ref=image.repo_digests[0] if image.repo_digests else image.id,
-                    image_name=status_image_name(image, config.image),
-                    log_path=log_path,
-                    tty=config.tty,
-                    stdin=config.stdin,
-                    stdin_once=config.stdin_once,
-                    mounts=[StatusMount(**m) for m in plan.status_mounts],
-                    stop_signal=stop_signal,
-                    image_stop_signal="",
-                    runtime=sb.runtime or "runc",  # "": a pod from before handlers
-                )
-                cgroups, restrict = self.cgroups, self.restrict_oom
+                volumes = {
+                    i: self.ctx.images.store.get(m.image.image)
+                    for i, m in enumerate(config.mounts)
+                    if m.HasField("image") and m.image.image
+                }
+                try:
+                    return await self._create_container(
+                        sb, config, pod, cid, name, image, handler.rro.on, volumes
+                    )
+                except BaseException:
+                    if volumes:  # the views this call mounted, unless others use them
+                        await self.runtime.release_image_volumes()
+                    raise
 
-                def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
-                    record.image_stop_signal = str(image_config.get("StopSignal") or "")
-                    return container_options(
-                        rootfs, image_config, config, pod, plan,
-                        cid=cid, cgroups=cgroups, restrict_oom=restrict,
-                    )  # fmt: skip
+    async def _create_container(
+        self,
+        sb: Sandbox,
+        config: cri.ContainerConfig,
+        pod: PodView,
+        cid: str,
+        name: str,
+        image: Image,
+        rro: bool,
+        volumes: dict[int, Image],
+    ) -> CriContainer:
+        md = config.metadata
+        plan = await asyncio.to_thread(self._plan, config, rro, volumes)
+        pid_mode = config.linux.security_context.namespace_options.pid
+        if pid_mode == TARGET:
+            plan.target_pid = self._target_pid(sb, config)
+        log_path = container_log_path(sb.log_directory, config.log_path)
+        stop_signal = int(config.stop_signal)
+        record = CriContainer(
+            id=cid,
+            name=name,
+            sandbox_id=sb.id,
+            image=config.image.image,
+            labels=dict(config.labels),
+            annotations=dict(config.annotations),
+            metadata=ContainerMetadata(name=md.name, attempt=md.attempt),
+            image_spec=ImageSpec(
+                image=config.image.image,
+                annotations=dict(config.image.annotations),
+                user_specified_image=config.image.user_specified_image,
+                runtime_handler=config.image.runtime_handler,
+            ),
+            image_ref=image.repo_digests[0] if image.repo_digests else image.id,
+            image_name=status_image_name(image, config.image),
+            log_path=log_path,
+            tty=config.tty,
+            stdin=config.stdin,
+            stdin_once=config.stdin_once,
+            mounts=[StatusMount(**m) for m in plan.status_mounts],
+            stop_signal=stop_signal,
+            image_stop_signal="",
+            runtime=sb.runtime or "runc",  # "": a pod from before handlers
+        )
+        cgroups, restrict = self.cgroups, self.restrict_oom
 
-                await self.runtime.create(record, build, image_ref=image.id)
-                return record
+        def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
+            record.image_stop_signal = str(image_config.get("StopSignal") or "")
+            return container_options(
+                rootfs, image_config, config, pod, plan,
+                cid=cid, cgroups=cgroups, restrict_oom=restrict,
+            )  # fmt: skip
 
-    def _plan(self, config: cri.ContainerConfig, rro: bool) -> ContainerPlan:
+        await self.runtime.create(record, build, image_ref=image.id)
+        return record
+
+    def _plan(
+        self, config: cri.ContainerConfig, rro: bool, volumes: dict[int, Image]
+    ) -> ContainerPlan:
+        """The container's mounts and devices; `volumes`: the images of its
+        image volumes by mount index, mounted here (in a worker thread)."""
         plan = ContainerPlan()
         seen: set[str] = set()
-        for m in config.mounts:
-            mount, status = host_mount(m, rro)
+        for i, m in enumerate(config.mounts):
+            if i in volumes:
+                root = self.ctx.image_volumes.acquire(volumes[i])
+                source = resolve_in_image(root, m.image_sub_path)
+                mount, status = image_mount(m, source, volumes[i].id)
+            else:
+                mount, status = host_mount(m, rro)
             if mount.destination in seen:
                 raise InvalidArgument(f"two mounts at {mount.destination}")
             seen.add(mount.destination)

@@ -498,9 +498,25 @@ class RuntimeManager:
                     await asyncio.to_thread(self.ctx.snapshotter.remove, c.snapshot)
             remove_task_dir(self.task_dir(cid))
             self._remove_own_log(c)
+        if any(m.image_ref for m in getattr(c, "mounts", ())):
+            await self.release_image_volumes()
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
         self._publish("/containers/delete", c)
+
+    def image_volumes_in_use(self) -> set[str]:
+        """The image IDs that container records mount as image volumes."""
+        return {
+            m.image_ref
+            for c in self.store.list(kind="container")
+            for m in getattr(c, "mounts", ())
+            if m.image_ref
+        }
+
+    async def release_image_volumes(self) -> None:
+        """Unmount the image volumes no container record names any more."""
+        in_use = self.image_volumes_in_use()
+        await asyncio.to_thread(self.ctx.image_volumes.release, in_use)
 
     def _remove_own_log(self, c: Container) -> None:
         """The log file, if it is one of ours (a CRI log belongs to the kubelet)."""

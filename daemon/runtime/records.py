@@ -68,6 +68,10 @@ class StatusMount:
     propagation: int = 0
     selinux_relabel: bool = False
     recursive_read_only: bool = False
+    # An image volume: the image as asked for, its ID, the path inside it.
+    image: str = ""
+    image_ref: str = ""
+    image_sub_path: str = ""
 
 
 @dataclass

@@ -51,6 +51,8 @@ async def recover(rt: RuntimeManager) -> None:
         records, rt.tasks_dir, rt.ctx.handlers.by_name.values(), rt.logs_dir, rt.ctx.snapshotter,
         rt.shims, rt.ctx.cgroups.systemd,
     )  # fmt: skip
+    # Views a crash left mounted after their last container's removal.
+    await rt.release_image_volumes()
 
 
 async def _recover_one(rt: RuntimeManager, c: Container) -> None:

@@ -221,8 +221,6 @@ def host_mount(m: cri.Mount, rro: bool = False) -> tuple[Mount, dict[str, Any]]:
 
     rro: whether the pod's runtime handler makes recursive read-only mounts
     (the `rro` option: mount_setattr over the whole bound tree)."""
-    if m.HasField("image") and m.image.image:
-        raise InvalidArgument("image volumes are not supported by pyctr")
     if m.uidMappings or m.gidMappings:
         raise InvalidArgument("idmapped mounts are not supported by pyctr")
     dest = _clean_abs(m.container_path, "mount container_path")
@@ -270,6 +268,25 @@ def host_mount(m: cri.Mount, rro: bool = False) -> tuple[Mount, dict[str, Any]]:
         "recursive_read_only": m.recursive_read_only,
     }
     return Mount(dest, source, "bind", options), status
+
+
+def image_mount(m: cri.Mount, source: Path, image_id: str) -> tuple[Mount, dict[str, Any]]:
+    """An image volume: `source` (in the image's read-only tree) bound read-only."""
+    if m.uidMappings or m.gidMappings:
+        raise InvalidArgument("idmapped mounts are not supported by pyctr")
+    if m.host_path:
+        raise InvalidArgument(f"mount {m.container_path[:200]!r}: both host_path and image")
+    dest = _clean_abs(m.container_path, "mount container_path")
+    # Never writable, whatever readonly says; nothing propagates out of an image.
+    options = ["rbind", "rprivate", "ro", "nosuid", "nodev"]
+    status = {
+        "container_path": dest,
+        "readonly": True,
+        "image": m.image.image,
+        "image_ref": image_id,
+        "image_sub_path": m.image_sub_path,
+    }
+    return Mount(dest, str(source), "bind", options), status
 
 
 def _device_entry(host_path: str, container_path: str, perms: str) -> tuple[dict, dict]:

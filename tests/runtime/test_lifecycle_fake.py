@@ -21,6 +21,7 @@ from pyctr.daemon import errors
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.context import Context
+from pyctr.daemon.images.volumes import ImageVolumes
 from pyctr.daemon.metadata import Metadata
 from pyctr.daemon.runtime.manager import START_ERROR_EXIT, RuntimeManager
 from pyctr.daemon.runtime.records import Container, NativeContainer
@@ -55,6 +56,9 @@ class Host:
         # Only what create asks of them (images.store.get/config, prepare/remove/walk).
         fakes: Any = ctx
         fakes.images, fakes.snapshotter = FakeImages(), self.snapshotter
+        fakes.image_volumes = ImageVolumes(
+            self.snapshotter, self.config.state_dir / "image-volumes"
+        )
         rt = RuntimeManager(ctx, shims=self.shims)  # mypy: the fake is a ShimPort
         ctx.runtime = rt
         self.runtimes.append(rt)
