@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyctr.daemon import host
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.version import VERSION
@@ -106,6 +107,7 @@ class Daemon:
         os.umask(0o077)
         stack.enter_context(_lock_dir(root, "root"))
         stack.enter_context(_lock_dir(state, "state"))
+        host.searchable_dir(state)  # user-namespaced pods pass through it
         address.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
         _claim_socket(address)
 

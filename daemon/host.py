@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyctr.snapshotter.overlay import overlay_supported
@@ -25,6 +26,16 @@ class Feature:
     name: str
     value: str
     detail: str = ""
+
+
+def searchable_dir(path: Path) -> Path:
+    """`path` made (with its parents) and set to 0711 whatever the umask:
+    others may pass through but not list it. The root of a pod with its own
+    user namespace is an unprivileged host ID that must reach its rootfs,
+    pod files and volumes below the state dir."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    os.chmod(path, 0o711)
+    return path
 
 
 def find_runc(runc: str) -> str | None:

@@ -81,6 +81,10 @@ def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int) -> int:
             os.dup2(stderr, 2)
             for signum in _SIGDEF:
                 _signal.signal(signum, _signal.SIG_DFL)
+            # The daemon's 077 would make runc's cgroup dirs 0700, which the
+            # root of a user-namespaced container (an unprivileged host ID)
+            # cannot pass; 022 is what runc gets on every other node.
+            os.umask(0o022)
             os.execve(argv[0], list(argv), os.environ)
         except OSError as exc:
             os.write(err_w, b"%d" % (exc.errno or 0))

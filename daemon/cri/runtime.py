@@ -26,10 +26,12 @@ from pyctr.proto import cri_pb2_grpc
 def runtime_handlers(handlers: Handlers) -> list[cri.RuntimeHandler]:
     """Each handler a pod can run on here ("" is the default), with what it
     supports: the kubelet shows them in the node's status and refuses pods
-    needing what their handler lacks. Not yet claimed by pyctr: user namespaces."""
+    needing what their handler lacks."""
     out = []
     for h in handlers.usable:
-        features = cri.RuntimeHandlerFeatures(recursive_read_only_mounts=h.rro.on)
+        features = cri.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=h.rro.on, user_namespaces=h.userns.on
+        )
         names = [""] if h.name == handlers.default else []
         out += [cri.RuntimeHandler(name=n, features=features) for n in [*names, h.name]]
     return out

@@ -20,6 +20,7 @@ import stat
 import threading
 from pathlib import Path
 
+from pyctr.daemon import host
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument, NotFound
 from pyctr.daemon.images.store import Image
 from pyctr.daemon.snapshots import Snapshots
@@ -58,7 +59,7 @@ class ImageVolumes:
                 mounts = self.snapshotter.mounts(key)
             except NotFound:
                 mounts = self.snapshotter.view(key, image.chain_id)
-            self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+            host.searchable_dir(self.root)
             target.mkdir(mode=0o755, exist_ok=True)
             try:
                 for m in mounts:

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pyctr.daemon import host
 from pyctr.daemon.errors import InvalidArgument
 from pyctr.daemon.spec.cri import SHM_SIZE
 from pyctr.proto import cri_pb2 as cri
@@ -88,7 +89,9 @@ class PodFiles:
         """The pod's dir with its hostname, resolv.conf (the host's unless
         given) and hosts (the host's for a host-network pod)."""
         files = self.path(sid)
-        files.mkdir(parents=True, mode=0o711)
+        host.searchable_dir(self.pods_dir)
+        files.mkdir()
+        host.searchable_dir(files)
         write_file(files / "hostname", hostname + "\n")
         write_file(files / "resolv.conf", resolv or _host_file("/etc/resolv.conf"))
         write_file(files / "hosts", _host_file("/etc/hosts") if host_network else HOSTS_BASE)

@@ -57,6 +57,7 @@ from pyctr.daemon.runtime.records import (
     R,
     Sandbox,
     StatusMount,
+    UserNamespace,
 )
 from pyctr.daemon.runtime.states import PodState
 from pyctr.daemon.runtime.store import ID_RE, new_id
@@ -71,6 +72,7 @@ from pyctr.daemon.spec.cri import (
     image_mount,
     request_devices,
     sandbox_options,
+    user_namespace,
 )
 from pyctr.proto import cri_pb2 as cri
 
@@ -137,6 +139,7 @@ class SandboxManager:
         self.cni = CniManager(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, cfg.root_dir / "cni")
         self.files = PodFiles(cfg.state_dir / "pods")
         self.netns_dir = cfg.state_dir / "netns"
+        self.userns_dir = cfg.state_dir / "userns"  # pods with their own user namespace
         self.cgroups = ctx.cgroups
         self.restrict_oom = cfg.cri.restrict_oom_score_adj
         self.pod_cidr = ""  # from UpdateRuntimeConfig; informational
@@ -195,6 +198,8 @@ class SandboxManager:
             name=md.name,
             namespace=md.namespace,
             uid=md.uid,
+            userns=sb.userns,
+            userns_path=str(self.userns_dir / sb.id) if sb.userns else "",
         )
 
     def _lock(self, sid: str) -> asyncio.Lock:
@@ -254,9 +259,17 @@ class SandboxManager:
         ns = config.linux.security_context.namespace_options
         if ns.pid == TARGET or ns.ipc == TARGET or ns.network == TARGET:
             raise InvalidArgument("a pod sandbox cannot use namespace mode TARGET")
-        userns = ns.userns_options
-        if ns.HasField("userns_options") and userns.mode == POD and (userns.uids or userns.gids):
-            raise InvalidArgument("user namespaces are not supported by pyctr (hostUsers: false)")
+        userns = pod_user_namespace(ns, "pod sandbox")
+        if userns is not None:
+            if NODE in (ns.network, ns.pid, ns.ipc):
+                raise InvalidArgument(
+                    "a pod with its own user namespace cannot share host namespaces"
+                )
+            if not handler.userns.on:
+                raise FailedPrecondition(
+                    f"runtime handler {handler.name!r} cannot run pods with their own user"
+                    f" namespace: {handler.userns.reason}"
+                )
         host_network = ns.network == NODE
         hostname = config.hostname or (socket.gethostname() if host_network else md.name[:63])
         if not HOSTNAME_RE.match(hostname):
@@ -287,7 +300,14 @@ class SandboxManager:
                 network: asyncio.Task[PodNetwork] | None = None
                 if not host_network:
                     netns_path = str(self.netns_dir / sid)
-                    await asyncio.to_thread(netns.create, netns_path)
+                    if userns is None:
+                        await asyncio.to_thread(netns.create, netns_path)
+                    else:
+                        userns_path = self.userns_dir / sid
+                        await asyncio.to_thread(
+                            netns.pin_pod_namespaces, userns, userns_path, Path(netns_path)
+                        )
+                        undo.callback(netns.remove, userns_path)
                     undo.push_async_callback(self._release_network, sid, netns_path)
                     # CNI ADD and the pause container only need the netns: the
                     # plugins run while the pause container is made and started.
@@ -318,6 +338,7 @@ class SandboxManager:
                     cgroup_parent=cgroup_parent,
                     own_cgroup_parent=bool(config.linux.cgroup_parent),
                     privileged=config.linux.security_context.privileged,
+                    userns=userns,
                     state=PodState.READY,
                     config=json_format.MessageToDict(config),
                 )
@@ -404,6 +425,7 @@ class SandboxManager:
                     await self.runtime.remove(c.id, force=True)
             await self._remove_record(sb.id)
             await asyncio.to_thread(self.files.remove, sb.id)
+            await asyncio.to_thread(netns.remove, self.userns_dir / sb.id)
         self._locks.pop(sb.id, None)
         log.info("pod sandbox %s removed", sb.id[:12])
 
@@ -424,6 +446,12 @@ class SandboxManager:
             with self._reservation(name, cid):
                 image = self.ctx.images.store.get(config.image.image)
                 handler = self.ctx.handlers.of(sb.runtime)
+                ns = config.linux.security_context.namespace_options
+                if (
+                    ns.HasField("userns_options")
+                    and pod_user_namespace(ns, "container") != sb.userns
+                ):
+                    raise InvalidArgument("the container's user namespace is not its pod's")
                 volumes = {
                     i: self.ctx.images.store.get(m.image.image)
                     for i, m in enumerate(config.mounts)
@@ -450,7 +478,7 @@ class SandboxManager:
         volumes: dict[int, Image],
     ) -> CriContainer:
         md = config.metadata
-        plan = await asyncio.to_thread(self._plan, config, rro, volumes)
+        plan = await asyncio.to_thread(self._plan, config, rro, volumes, sb.userns)
         pid_mode = config.linux.security_context.namespace_options.pid
         if pid_mode == TARGET:
             plan.target_pid = self._target_pid(sb, config)
@@ -480,6 +508,7 @@ class SandboxManager:
             stop_signal=stop_signal,
             image_stop_signal="",
             runtime=sb.runtime or "runc",  # "": a pod from before handlers
+            userns=sb.userns,
         )
         cgroups, restrict = self.cgroups, self.restrict_oom
 
@@ -494,7 +523,11 @@ class SandboxManager:
         return record
 
     def _plan(
-        self, config: cri.ContainerConfig, rro: bool, volumes: dict[int, Image]
+        self,
+        config: cri.ContainerConfig,
+        rro: bool,
+        volumes: dict[int, Image],
+        userns: UserNamespace | None,
     ) -> ContainerPlan:
         """The container's mounts and devices; `volumes`: the images of its
         image volumes by mount index, mounted here (in a worker thread)."""
@@ -506,7 +539,7 @@ class SandboxManager:
                 source = resolve_in_image(root, m.image_sub_path)
                 mount, status = image_mount(m, source, volumes[i].id)
             else:
-                mount, status = host_mount(m, rro)
+                mount, status = host_mount(m, rro, userns)
             if mount.destination in seen:
                 raise InvalidArgument(f"two mounts at {mount.destination}")
             seen.add(mount.destination)
@@ -558,7 +591,12 @@ class SandboxManager:
                 log.warning("releasing the network of unknown pod %s", pod_id[:12])
                 with contextlib.suppress(Exception):
                     await self.cni.teardown(pod_id, str(self.netns_dir / pod_id))
-        for directory, cleanup in ((self.netns_dir, netns.remove), (self.files.pods_dir, None)):
+        leftovers = (
+            (self.netns_dir, netns.remove),
+            (self.userns_dir, netns.remove),
+            (self.files.pods_dir, None),
+        )
+        for directory, cleanup in leftovers:
             if not directory.is_dir():
                 continue
             for entry in directory.iterdir():
@@ -572,3 +610,17 @@ class SandboxManager:
                         await asyncio.to_thread(self.files.remove, entry.name)
                 except Exception:
                     log.exception("cleaning up %s", entry)
+
+
+def pod_user_namespace(ns: cri.NamespaceOption, what: str) -> UserNamespace | None:
+    """The user namespace a NamespaceOption asks for: None for the host's
+    (NODE, or unset); mode POD with the pod's ranges; others refused."""
+    if not ns.HasField("userns_options") or ns.userns_options.mode == NODE:
+        return None
+    opts = ns.userns_options
+    if opts.mode == POD and not opts.uids and not opts.gids:
+        return None  # POD is the enum's zero: an empty option says nothing
+    if opts.mode != POD:
+        mode = cri.NamespaceMode.Name(opts.mode)
+        raise InvalidArgument(f"{what}: user namespace mode {mode} is not supported (POD or NODE)")
+    return user_namespace(opts.uids, opts.gids, f"{what} user namespace")

@@ -48,7 +48,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from pyctr.daemon import host
 from pyctr.daemon.errors import AlreadyExists, Internal
+from pyctr.daemon.runtime.idmap import holder
+from pyctr.daemon.runtime.records import UserNamespace
 
 T = TypeVar("T")
 
@@ -146,6 +149,22 @@ def create(path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def pin(source: str, path: str | os.PathLike[str]) -> Path:
+    """Pin the namespace `source` names (a /proc/<pid>/ns/<kind> link) at
+    `path`, as `create` pins a new one; refused if `path` holds a live one."""
+    target = Path(path)
+    host.searchable_dir(target.parent)
+    if is_netns(target):
+        raise AlreadyExists(f"namespace {target} already exists")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o444)
+    os.close(fd)
+    if _libc.mount(source.encode(), bytes(target), b"none", MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        remove(target)
+        raise NetnsError(f"cannot pin {source} at {target}: {os.strerror(err)}")
+    return target
+
+
 def remove(path: str | os.PathLike[str]) -> None:
     """Unpin and delete the namespace file at `path`; a no-op if it is gone.
 
@@ -215,3 +234,18 @@ def entered(path: str | os.PathLike[str]) -> Iterator[None]:
 def nsenter(path: str | os.PathLike[str], argv: list[str]) -> list[str]:
     """The command line that runs `argv` inside the namespace at `path`."""
     return ["nsenter", f"--net={os.fspath(path)}", "--", *argv]
+
+
+def pin_pod_namespaces(mapping: UserNamespace, userns_path: Path, netns_path: Path) -> None:
+    """A pod's user namespace and a network namespace it owns, pinned at the
+    two paths (the pause container joins both: sysfs can only be mounted by
+    the user namespace that owns the network namespace)."""
+    with holder(mapping, "--net") as pid:
+        pin(f"/proc/{pid}/ns/user", userns_path)
+        try:
+            pin(f"/proc/{pid}/ns/net", netns_path)
+            run_in(netns_path, set_link_up)
+        except BaseException:
+            remove(netns_path)
+            remove(userns_path)
+            raise

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pyctr.daemon.runtime import idmap
 from pyctr.daemon.runtime.handlers import Handler
 from pyctr.daemon.runtime.port import ShimPort
 from pyctr.daemon.runtime.records import Container
@@ -69,6 +70,7 @@ async def remove_orphans(
             rootfs = entry / "rootfs"
             if rootfs.exists():
                 await asyncio.to_thread(unmount, rootfs)
+            await asyncio.to_thread(idmap.release, entry / idmap.TASK_SUBDIR)
             remove_task_dir(entry)
     for h in handlers:
         if h.path is None or not Path(h.root).is_dir():

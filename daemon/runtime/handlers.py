@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,10 @@ class Handler:
     root: str  # the runtime's --root
     version: str = ""  # first line of `<binary> --version`
     rro: Verdict = Verdict(False, "not probed")  # recursive read-only mounts (`rro`)
-    idmap: Verdict = Verdict(False, "not probed")  # idmapped mounts (user namespaces)
+    idmap: Verdict = Verdict(False, "not probed")  # the runtime's own idmapped mounts
+    # Pods with their own user namespace: pyctr ID-maps their rootfs and
+    # volumes itself, so this needs the kernel, not the runtime's idmap.
+    userns: Verdict = Verdict(False, "not probed")
     unusable: str = ""  # why pods cannot run on it here; "" when they can
 
     @property
@@ -108,6 +112,7 @@ def handler_info(h: Handler) -> dict[str, Any]:
         "unusable": h.unusable,
         "recursiveReadOnlyMounts": {"on": h.rro.on, "reason": h.rro.reason},
         "idmappedMounts": {"on": h.idmap.on, "reason": h.idmap.reason},
+        "userNamespaces": {"on": h.userns.on, "reason": h.userns.reason},
     }
 
 
@@ -118,7 +123,9 @@ def info_features(handlers: Handlers) -> list[tuple[str, str, str]]:
         default = " (default)" if h.name == handlers.default else ""
         state = "yes" if h.usable else f"no: {h.unusable}"
         rows.append((f"runtime {h.name}", state, f"{h.path or h.binary} {h.version}{default}"))
-        for key, verdict in (("recursive-read-only", h.rro), ("idmapped-mounts", h.idmap)):
+        features = (("recursive-read-only", h.rro), ("idmapped-mounts", h.idmap),
+                    ("user-namespaces", h.userns))  # fmt: skip
+        for key, verdict in features:
             rows.append((f"runtime {h.name} {key}", "yes" if verdict.on else "no", verdict.reason))
     return rows
 
@@ -166,7 +173,7 @@ def _probe_one(name: str, binary: str, root: str, cgroups: Cgroups) -> Handler:
         # crun's own check (libcrun): a hybrid hierarchy whose cgroup2 mount
         # has controllers is refused at every create.
         unusable = "crun refuses cgroup v1+v2 hybrid hosts whose cgroup2 mount has controllers"
-    return Handler(name, binary, path, root, version, rro, idmap, unusable)
+    return Handler(name, binary, path, root, version, rro, idmap, user_namespaces(), unusable)
 
 
 def _features_json(path: str) -> dict[str, Any] | None:
@@ -220,6 +227,26 @@ def _mount_setattr() -> Verdict:
     if ret == -1 and err == errno.ENOSYS:
         return Verdict(False, "the kernel has no mount_setattr (needs Linux 5.12)")
     return Verdict(True, "kernel has mount_setattr")
+
+
+def user_namespaces() -> Verdict:
+    """Whether pods can have their own user namespace here: ID-mapped mounts
+    (mount_setattr), overlayfs over ID-mapped layers (Linux 5.19), and
+    `unshare` to make the namespace the mappings come from."""
+    kernel = _mount_setattr()
+    if not kernel.on:
+        return kernel
+    if _version_tuple(os.uname().release) < (5, 19):
+        return Verdict(False, "overlayfs over ID-mapped layers needs Linux 5.19")
+    if shutil.which("unshare") is None:
+        return Verdict(False, "`unshare` (util-linux) is not installed")
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                return Verdict(False, "user.max_user_namespaces is 0")
+    except (OSError, ValueError):
+        return Verdict(False, "the kernel has no user namespaces")
+    return Verdict(True, "ID-mapped rootfs and volumes (mount_setattr, overlayfs on Linux 5.19+)")
 
 
 def _unified_controllers() -> bool:

@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyctr.daemon import host
 from pyctr.daemon.errors import (
     FailedPrecondition,
     NotFound,
     Unavailable,
     disk_full,
 )
-from pyctr.daemon.runtime import recovery
+from pyctr.daemon.runtime import idmap, recovery
 from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.cleanup import remove_task_dir, unmount
 from pyctr.daemon.runtime.handlers import Handler
@@ -120,6 +121,10 @@ class RuntimeManager:
     def rootfs(self, cid: str) -> Path:
         return self.task_dir(cid) / "rootfs"
 
+    def idmap_dir(self, cid: str) -> Path:
+        """Where ID-mapped clones of a user-namespaced container's layers and volumes live."""
+        return self.task_dir(cid) / idmap.TASK_SUBDIR
+
     def lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
@@ -156,7 +161,8 @@ class RuntimeManager:
             record.id = new_id()
         record.image_id, record.snapshot = image.id, record.id
         task_dir = self.task_dir(record.id)
-        task_dir.mkdir(parents=True, mode=0o711)
+        task_dir.mkdir(parents=True)
+        host.searchable_dir(task_dir)
         rootfs = self.rootfs(record.id)
         rootfs.mkdir(mode=0o755)
         snap = self.ctx.snapshotter
@@ -164,10 +170,20 @@ class RuntimeManager:
         try:
             mounts = await asyncio.to_thread(snap.prepare, record.snapshot, image.chain_id)
             prepared = True
-            await asyncio.to_thread(mount_all, mounts, rootfs)
+            userns = record.userns
+            if userns is None:
+                await asyncio.to_thread(mount_all, mounts, rootfs)
+            else:
+                await asyncio.to_thread(
+                    idmap.mount_rootfs, mounts, rootfs, self.idmap_dir(record.id), userns
+                )
             mounted = True
             opts = spec_builder(rootfs, image_config)
             opts.rootfs = str(rootfs)
+            if userns is not None:
+                await asyncio.to_thread(
+                    idmap.map_volumes, opts.mounts, self.idmap_dir(record.id), userns
+                )
             record.spec = build(opts)
             set_console_size(record.spec["process"], record.console_size)
             write_bundle_config(task_dir, record.spec)
@@ -176,6 +192,7 @@ class RuntimeManager:
         except BaseException:
             if mounted:
                 await asyncio.to_thread(unmount, rootfs)
+            await asyncio.to_thread(idmap.release, self.idmap_dir(record.id))
             if prepared:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(snap.remove, record.snapshot)
@@ -418,6 +435,7 @@ class RuntimeManager:
         rootfs = self.rootfs(c.id)
         if rootfs.exists():
             await asyncio.to_thread(unmount, rootfs)
+        await asyncio.to_thread(idmap.release, self.idmap_dir(c.id))
 
     # -- signals, stop, remove ---------------------------------------------
 

@@ -107,6 +107,33 @@ class Namespaces:
     ipc: int = 0
 
 
+@dataclass
+class IdMap:
+    """Container IDs [container_id, +size) are host IDs [host_id, +size)."""
+
+    container_id: int = 0
+    host_id: int = 0
+    size: int = 0
+
+    def to_spec(self) -> dict[str, int]:
+        return {"containerID": self.container_id, "hostID": self.host_id, "size": self.size}
+
+
+@dataclass
+class UserNamespace:
+    """A pod's own user namespace (hostUsers: false): its uid and gid ranges."""
+
+    uids: list[IdMap] = field(default_factory=list)
+    gids: list[IdMap] = field(default_factory=list)
+
+    @property
+    def root(self) -> tuple[int, int]:
+        """The host uid and gid of the pod's root."""
+        uid = next(m.host_id for m in self.uids if m.container_id == 0)
+        gid = next(m.host_id for m in self.gids if m.container_id == 0)
+        return uid, gid
+
+
 # -- records --------------------------------------------------------------------
 
 
@@ -144,6 +171,9 @@ class Container:
     # The runtime handler its process runs with; "" (records older than
     # handlers) is runc.
     runtime: str = ""
+    # Set for the sandbox and containers of a pod with its own user namespace:
+    # their rootfs and volumes are ID-mapped to it.
+    userns: UserNamespace | None = None
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # "running" from a caller is Status.RUNNING

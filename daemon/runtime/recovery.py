@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from pyctr.daemon import host
 from pyctr.daemon.errors import Unavailable
 from pyctr.daemon.runtime.cleanup import remove_orphans
 from pyctr.daemon.runtime.port import ShimConnection
@@ -39,7 +40,7 @@ log = logging.getLogger("pyctr.runtime")
 async def recover(rt: RuntimeManager) -> None:
     """Reconnect to live shims; take in exits that happened while we were down;
     remove what interrupted creates and removes left behind."""
-    rt.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    host.searchable_dir(rt.tasks_dir)
     rt._spawn(rt.shims.start())  # ready before the first container starts
     records = rt.store.list()
     for c in records:

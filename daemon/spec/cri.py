@@ -25,6 +25,7 @@ from typing import Any
 
 from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.errors import FailedPrecondition, InvalidArgument
+from pyctr.daemon.runtime.records import IdMap, UserNamespace
 from pyctr.daemon.spec import seccomp
 from pyctr.daemon.spec.oci import Mount, SpecOptions, capability_set, merge_env, process_args
 from pyctr.daemon.spec.rootfs import UnknownUser, User, resolve_user
@@ -62,6 +63,8 @@ class PodView:
     name: str = ""
     namespace: str = ""
     uid: str = ""
+    userns: UserNamespace | None = None  # the pod's own user namespace
+    userns_path: str = ""  # where it is pinned
 
 
 @dataclass
@@ -216,14 +219,21 @@ def _make_dirs(path: str) -> None:
         os.chmod(d, 0o755)
 
 
-def host_mount(m: cri.Mount, rro: bool = False) -> tuple[Mount, dict[str, Any]]:
+def host_mount(
+    m: cri.Mount, rro: bool = False, userns: UserNamespace | None = None
+) -> tuple[Mount, dict[str, Any]]:
     """A CRI mount as an OCI bind mount, with the host side made ready.
 
     rro: whether the pod's runtime handler makes recursive read-only mounts
-    (the `rro` option: mount_setattr over the whole bound tree)."""
-    if m.uidMappings or m.gidMappings:
-        raise InvalidArgument("idmapped mounts are not supported by pyctr")
+    (the `rro` option: mount_setattr over the whole bound tree). userns: the
+    pod's own user namespace, whose ranges an ID-mapped mount must repeat."""
     dest = _clean_abs(m.container_path, "mount container_path")
+    idmap = bool(m.uidMappings or m.gidMappings)
+    if idmap:
+        if userns is None:
+            raise InvalidArgument(f"mount {dest}: ID mappings, but the pod shares the host's users")
+        if user_namespace(m.uidMappings, m.gidMappings, f"mount {dest}") != userns:
+            raise InvalidArgument(f"mount {dest}: its ID mappings are not the pod's")
     if m.recursive_read_only:
         # The CRI's rules: only a read-only, private mount can be recursive read-only.
         if not m.readonly:
@@ -267,7 +277,26 @@ def host_mount(m: cri.Mount, rro: bool = False) -> tuple[Mount, dict[str, Any]]:
         "selinux_relabel": m.selinux_relabel,
         "recursive_read_only": m.recursive_read_only,
     }
-    return Mount(dest, source, "bind", options), status
+    return Mount(dest, source, "bind", options, idmap=idmap), status
+
+
+def user_namespace(uids: Any, gids: Any, what: str) -> UserNamespace:
+    """The CRI's ID mappings as the one shape pyctr runs: one uid and one gid
+    range of at least 65536 IDs from container ID 0 (the kubelet's), never
+    mapping the host's root."""
+    maps = []
+    for kind, ranges in (("uid", uids), ("gid", gids)):
+        if len(ranges) != 1:
+            raise InvalidArgument(f"{what}: needs exactly one {kind} mapping, not {len(ranges)}")
+        r = ranges[0]
+        if r.container_id != 0:
+            raise InvalidArgument(f"{what}: the {kind} mapping must start at container ID 0")
+        if r.length < 65536:
+            raise InvalidArgument(f"{what}: the {kind} mapping needs at least 65536 IDs")
+        if r.host_id == 0 or r.host_id + r.length > 1 << 32:
+            raise InvalidArgument(f"{what}: host {kind}s {r.host_id}+{r.length} are not usable")
+        maps.append(IdMap(container_id=0, host_id=r.host_id, size=r.length))
+    return UserNamespace(uids=[maps[0]], gids=[maps[1]])
 
 
 def image_mount(m: cri.Mount, source: Path, image_id: str) -> tuple[Mount, dict[str, Any]]:
@@ -414,6 +443,8 @@ def resolve_identity(
 
 def _namespaces(pod: PodView, pid_mode: int, target_pid: int) -> list[tuple[str, str]]:
     ns: list[tuple[str, str]] = [("mount", "")]
+    if pod.userns is not None:  # first: the others are joined as its root
+        ns.insert(0, ("user", pod.userns_path))
     if not pod.host_network:
         ns.append(("network", pod.netns))
         ns.append(("uts", f"/proc/{pod.pid}/ns/uts"))
@@ -505,6 +536,7 @@ def container_options(
         terminal=config.tty,
         readonly_rootfs=ro,
         namespaces=_namespaces(pod, ns_opts.pid, plan.target_pid),
+        userns=pod.userns,
         mounts=mounts,
         cap_add=list(sc.capabilities.add_capabilities),
         cap_drop=list(sc.capabilities.drop_capabilities),
@@ -563,6 +595,8 @@ def sandbox_options(
             sc.seccomp if sc.HasField("seccomp") else None, sc.seccomp_profile_path, caps
         )
     ns: list[tuple[str, str]] = [("mount", "")]
+    if pod.userns is not None:  # pinned with the netns it owns
+        ns.insert(0, ("user", pod.userns_path))
     if not pod.host_network:
         ns += [("network", pod.netns), ("uts", "")]
     if not pod.host_ipc:
@@ -583,6 +617,7 @@ def sandbox_options(
         mounts=mounts,
         privileged=sc.privileged,
         no_new_privileges=True,
+        userns=pod.userns,
         cgroups_path=cgroups.cgroups_path(pod.cgroup_parent, pod.id),
         # The pause process should be the last the OOM killer picks.
         oom_score_adj=-998,

@@ -18,7 +18,7 @@ from pyctr.daemon.errors import InvalidArgument
 from pyctr.daemon.spec.rootfs import User
 
 if TYPE_CHECKING:
-    from pyctr.daemon.runtime.records import ConsoleSize
+    from pyctr.daemon.runtime.records import ConsoleSize, UserNamespace
 
 OCI_VERSION = "1.0.2"
 
@@ -113,6 +113,8 @@ class Mount:
     source: str
     type: str = "bind"
     options: list[str] = field(default_factory=list)
+    # Bound through an ID-mapped clone of the source (a pod with its own user namespace).
+    idmap: bool = False
 
     def to_spec(self) -> dict[str, Any]:
         return {
@@ -159,6 +161,8 @@ class SpecOptions:
     shm_size: int = 64 * 1024 * 1024
     # "rshared" or "rslave" when a mount needs propagation through the rootfs.
     rootfs_propagation: str = ""
+    # The pod's own user namespace (with ("user", ...) in namespaces).
+    userns: UserNamespace | None = None
 
 
 def default_mounts(opts: SpecOptions) -> list[Mount]:
@@ -226,6 +230,9 @@ def build(opts: SpecOptions) -> dict[str, Any]:
         linux["cgroupsPath"] = opts.cgroups_path
     if opts.rootfs_propagation:
         linux["rootfsPropagation"] = opts.rootfs_propagation
+    if opts.userns is not None:
+        linux["uidMappings"] = [m.to_spec() for m in opts.userns.uids]
+        linux["gidMappings"] = [m.to_spec() for m in opts.userns.gids]
     if opts.sysctl:
         linux["sysctl"] = dict(opts.sysctl)
     if opts.seccomp and not opts.privileged:
