@@ -49,7 +49,7 @@ from pyctr.daemon.runtime.cache import CachedStore
 from pyctr.daemon.runtime.cleanup import remove_task_dir, unmount
 from pyctr.daemon.runtime.handlers import Handler
 from pyctr.daemon.runtime.port import LocalShims, ShimConnection, ShimPort
-from pyctr.daemon.runtime.records import Container
+from pyctr.daemon.runtime.records import Container, CriContainer
 from pyctr.daemon.runtime.shim_attach import AttachStream
 from pyctr.daemon.runtime.shim_types import ExitRecord, ShimOptions
 from pyctr.daemon.runtime.states import Op, Status, require
@@ -516,7 +516,7 @@ class RuntimeManager:
                     await asyncio.to_thread(self.ctx.snapshotter.remove, c.snapshot)
             remove_task_dir(self.task_dir(cid))
             self._remove_own_log(c)
-        if any(m.image_ref for m in getattr(c, "mounts", ())):
+        if isinstance(c, CriContainer) and any(m.image_ref for m in c.mounts):
             await self.release_image_volumes()
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
@@ -527,7 +527,8 @@ class RuntimeManager:
         return {
             m.image_ref
             for c in self.store.list(kind="container")
-            for m in getattr(c, "mounts", ())
+            if isinstance(c, CriContainer)
+            for m in c.mounts
             if m.image_ref
         }
 
