@@ -182,7 +182,7 @@ class Unpacker:
             pool.shutdown(wait=True, cancel_futures=True)
             for target in targets.values():
                 self._discard(target.key, target.path)
-            self._discard_leftovers()
+            self.discard_leftovers()
             for i in mine:
                 # Released before waiters wake, so a retrying waiter can claim it.
                 _Flights.release(self.sn, chains[i])
@@ -289,7 +289,8 @@ class Unpacker:
         # A full disk refuses even the row's removal (SQLite needs room to
         # write): free the extraction's tree, never needed again, and retry;
         # if other extractions took the room meanwhile, once they have stopped
-        # (_unpack_from). Whatever still fails, reconcile() clears at start.
+        # (_unpack_from), and again once the puller freed the failed pull's
+        # downloads. Whatever still fails, reconcile() clears at start.
         with contextlib.suppress(OSError):
             for entry in os.scandir(path):
                 remove_tree(Path(entry.path))
@@ -301,7 +302,8 @@ class Unpacker:
             with self._lock:
                 self._undiscarded.append(key)
 
-    def _discard_leftovers(self) -> None:
+    def discard_leftovers(self) -> None:
+        """Retry removing the extraction snapshots a full disk refused to drop."""
         with self._lock:
             keys, self._undiscarded = self._undiscarded, []
         for key in keys:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -146,8 +147,10 @@ class Puller:
     def close(self) -> None:
         self._unpack_pool.shutdown(wait=True, cancel_futures=True)
 
+    @functools.cached_property
     def unpacker(self) -> Unpacker:
-        """The layer applier as [snapshotter] configures it."""
+        """The layer applier as [snapshotter] configures it: one for every
+        pull, so what a full disk kept from one is retried by the next."""
         from pyctr.snapshotter.applier import Unpacker
 
         sc = self.config.snapshotter
@@ -204,6 +207,9 @@ class Puller:
             progress.set_phase("failed")
             if disk_full(e):
                 self._drop_partial_downloads(lease.id)
+                # With that room, the extraction snapshots the full disk kept
+                # from being removed (SQLite needs room to delete a row) go too.
+                await asyncio.to_thread(self.unpacker.discard_leftovers)
             raise
         finally:
             self._live_leases.discard(lease.id)
@@ -377,7 +383,7 @@ class Puller:
             from pyctr.snapshotter.applier import Layer
 
             with snapshotter_errors():
-                top = self.unpacker().unpack(
+                top = self.unpacker.unpack(
                     [
                         Layer(diff_id=d, media_type=x.media_type, open=opener(i))
                         for i, (x, d) in enumerate(zip(layers, diff_ids, strict=True))
