@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.containers.conftest import Ctr, CtrImages, wait_for
+from tests.support import cgroups
 from tests.support.daemon import PyctrDaemon
 
 pytestmark = pytest.mark.root
@@ -171,7 +172,8 @@ def test_detached_container_through_ps_inspect_exec_logs_stop_rm(ctr: Ctr) -> No
     assert int(info["started_at"]) >= started and int(info["pid"]) > 0
     assert info["spec"]["hostname"] == cid[:12]
     assert "GREETING=hello" in info["spec"]["process"]["env"]
-    assert info["spec"]["linux"]["cgroupsPath"].endswith("/" + cid)
+    # "<parent>/<id>" with cgroupfs, "<slice>:pyctr:<id>" with systemd.
+    assert info["spec"]["linux"]["cgroupsPath"].endswith((":" if cgroups.SYSTEMD else "/") + cid)
     ns = {n["type"] for n in info["spec"]["linux"]["namespaces"]}
     assert ns == {"pid", "ipc", "uts", "mount", "network"}
     assert json.loads(ctr.cli("ps", "-o", "json").stdout)[0]["id"] == cid

@@ -35,6 +35,7 @@ from tests.cri.expectations import (
     verify_container_status,
     verify_sandbox_status,
 )
+from tests.support import cgroups
 
 pytestmark = pytest.mark.root
 
@@ -116,7 +117,7 @@ def test_version_status_and_runtime_config(cri_env: CriEnv) -> None:
 
     # The kubelet (1.28+) takes its cgroup driver from here, and so does critest.
     linux = rt.RuntimeConfig(cri.RuntimeConfigRequest()).linux
-    assert linux.cgroup_driver == cri.CGROUPFS
+    assert linux.cgroup_driver == (cri.SYSTEMD if cgroups.SYSTEMD else cri.CGROUPFS)
     # What the kubelet sends once it knows the node's pod CIDR, and an empty one.
     for cidr in ("10.244.1.0/24", ""):
         net = cri.NetworkConfig(pod_cidr=cidr)

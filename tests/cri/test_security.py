@@ -297,6 +297,17 @@ def test_recursive_read_only_mounts(kube: Kubelet, tmp_path: Path, handler: str)
         subprocess.run(["umount", "-l", str(vol / "sub")], check=False)
 
 
+@contextlib.contextmanager
+def private_tmpfs(path: Path) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "private", str(path)], check=True)
+    try:
+        subprocess.run(["mount", "--make-private", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def test_mounts_and_devices(
     kube: Kubelet,
     pod: tuple[str, cri.PodSandboxConfig],
@@ -341,26 +352,29 @@ def test_mounts_and_devices(
     # Bad requests change nothing: input errors are INVALID_ARGUMENT, a host
     # that cannot do what was asked FAILED_PRECONDITION.
     before = kube.rt.ListContainers(cri.ListContainersRequest()).containers
-    bidi = cri.Mount(
-        container_path="/x", host_path=str(data), propagation=cri.PROPAGATION_BIDIRECTIONAL
-    )
-    for bad, code in (
-        (
-            kube.container_config("b1", mounts=[cri.Mount(container_path="rel", host_path="/tmp")]),
-            grpc.StatusCode.INVALID_ARGUMENT,
-        ),
-        (
-            kube.container_config(
-                "b2", devices=[cri.Device(container_path="/dev/x", host_path=str(data))]
+    # A private mount cannot propagate back (under systemd / itself is shared).
+    with private_tmpfs(tmp_path / "private") as private:
+        bidi = cri.Mount(
+            container_path="/x", host_path=str(private), propagation=cri.PROPAGATION_BIDIRECTIONAL
+        )
+        for bad, code in (
+            (
+                kube.container_config(
+                    "b1", mounts=[cri.Mount(container_path="rel", host_path="/tmp")]
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
             ),
-            grpc.StatusCode.INVALID_ARGUMENT,
-        ),
-        # data's mount is not shared, so it cannot propagate back.
-        (kube.container_config("b3", mounts=[bidi]), grpc.StatusCode.FAILED_PRECONDITION),
-    ):
-        with pytest.raises(grpc.RpcError) as e:
-            kube.create(pod_id, config, bad)
-        assert code_of(e.value) == code, e.value
+            (
+                kube.container_config(
+                    "b2", devices=[cri.Device(container_path="/dev/x", host_path=str(data))]
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (kube.container_config("b3", mounts=[bidi]), grpc.StatusCode.FAILED_PRECONDITION),
+        ):
+            with pytest.raises(grpc.RpcError) as e:
+                kube.create(pod_id, config, bad)
+            assert code_of(e.value) == code, e.value
     assert kube.rt.ListContainers(cri.ListContainersRequest()).containers == before
 
     # Bidirectional propagation: a mount made inside shows on the host.

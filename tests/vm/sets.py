@@ -35,6 +35,9 @@ SETS: dict[str, list[str]] = {
         "tests/faults",
         "tests/runtime",
         "tests/shim",
+        # Builds the previous release from git history, which the guest's copy
+        # of the checkout lacks; schema migration is not a cgroup matter.
+        "--deselect=tests/cri/test_old_root.py::test_a_root_made_by_the_previous_release_opens_the_same",
     ],
 }
 
