@@ -65,7 +65,9 @@ def find_executable(name: str) -> str:
     raise RuncError(f"{name}: executable not found in PATH", "invalid_argument")
 
 
-def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int) -> int:
+def spawn(
+    argv: Sequence[str], stdin: int, stdout: int, stderr: int, umask: int | None = None
+) -> int:
     """Start argv with the given fds as 0, 1, 2; every other fd is close-on-exec.
 
     fork + execve by hand: os.posix_spawn (glibc) leaves glibc's internal
@@ -81,10 +83,8 @@ def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int) -> int:
             os.dup2(stderr, 2)
             for signum in _SIGDEF:
                 _signal.signal(signum, _signal.SIG_DFL)
-            # The daemon's 077 would make runc's cgroup dirs 0700, which the
-            # root of a user-namespaced container (an unprivileged host ID)
-            # cannot pass; 022 is what runc gets on every other node.
-            os.umask(0o022)
+            if umask is not None:
+                os.umask(umask)
             os.execve(argv[0], list(argv), os.environ)
         except OSError as exc:
             os.write(err_w, b"%d" % (exc.errno or 0))
@@ -144,11 +144,13 @@ class Runc:
         log_path: str,
         debug: bool = False,
         systemd_cgroup: bool = False,
+        umask: int | None = None,
     ) -> None:
         self.binary = find_executable(binary)
         self.name = os.path.basename(self.binary)  # runc, crun, ...: errors say which
         self.root = root
         self.log_path = log_path
+        self.umask = umask  # for runc; None: the shim's own
         self.debug = debug
         self.systemd_cgroup = systemd_cgroup
 
@@ -193,7 +195,7 @@ class Runc:
             err_fd = stderr if stderr is not None else _memfd("runc-stderr")
             own += [fd for fd, given in ((out_fd, stdout), (err_fd, stderr)) if given is None]
             try:
-                pid = spawn(self.argv(*args), stdin, out_fd, err_fd)
+                pid = spawn(self.argv(*args), stdin, out_fd, err_fd, self.umask)
             except OSError as exc:
                 raise RuncError(f"cannot run {self.binary}: {exc.strerror}") from None
             status = wait_pid(pid, timeout)

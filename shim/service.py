@@ -80,9 +80,14 @@ class Shim:
         self.loop = loop
         self.log_line = log
         self.state_dir = opts.state
+        # The daemon's umask 077 would make runc's cgroup dirs 0700, which the
+        # root of a user-namespaced container (an unprivileged host ID) cannot
+        # pass; such containers get runc with 022, as on any other node.
+        userns = _has_user_namespace(_spec(opts.bundle))
         self.runc = Runc(
-            opts.runc, opts.runc_root, self._path(RUNC_LOG), opts.debug, opts.systemd_cgroup
-        )
+            opts.runc, opts.runc_root, self._path(RUNC_LOG), opts.debug, opts.systemd_cgroup,
+            umask=0o022 if userns else None,
+        )  # fmt: skip
         self.log = CriLogWriter(opts.log_path)
         self.status = CREATED
         self.init: Proc | None = None
@@ -586,14 +591,29 @@ class Shim:
             self.oom.close()
 
 
+def _spec(bundle: str) -> dict | None:
+    """The bundle's config.json, or None if it cannot be read."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            spec = jsonlite.loads(f.read().decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def _has_user_namespace(spec: dict | None) -> bool:
+    try:
+        return any(ns.get("type") == "user" for ns in spec["linux"]["namespaces"])  # type: ignore[index]
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def _cgroups_path(bundle: str) -> str | None:
     """The cgroup runc will make for config.json's linux.cgroupsPath (the same
     path under every hierarchy, with either driver); None if unknown."""
     try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            spec = jsonlite.loads(f.read().decode("utf-8", "replace"))
-        path = spec["linux"]["cgroupsPath"]
-    except (OSError, ValueError, KeyError, TypeError):
+        path = _spec(bundle)["linux"]["cgroupsPath"]  # type: ignore[index]
+    except (KeyError, TypeError):
         return None
     return cgroup_dir(path) if isinstance(path, str) else None
 

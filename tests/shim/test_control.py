@@ -42,10 +42,10 @@ async def test_stats_pids_and_update(harness: Harness) -> None:
     )
     client = await harness.spawn("stats", ["sh", "-c", script])
     await client.start()
-    # Until the loop is done and sleep runs beside sh (seconds under TCG).
+    # Until the loop and $(...) are done and only sleep runs beside sh (seconds under TCG).
     for _ in range(100):
         stats = await client.stats()
-        if (stats.pids_current or 0) >= 2:
+        if stats.pids_current == 2 and len(await client.pids()) == 2:
             break
         await asyncio.sleep(0.2)
     assert stats.cpu_usage_ns and stats.cpu_usage_ns > 1_000_000
