@@ -14,6 +14,7 @@ import grpc
 
 from pyctr.daemon.context import Context
 from pyctr.daemon.cri.containers import ContainerRpcs
+from pyctr.daemon.cri.metrics import MetricsRpcs
 from pyctr.daemon.cri.sandbox import SandboxRpcs
 from pyctr.daemon.cri.stats import StatsRpcs
 from pyctr.daemon.cri.streaming import StreamingRpcs
@@ -100,6 +101,7 @@ class RuntimeService(
     SandboxRpcs,
     ContainerRpcs,
     StatsRpcs,
+    MetricsRpcs,
     StreamingRpcs,
     cri_pb2_grpc.RuntimeServiceServicer,
 ):

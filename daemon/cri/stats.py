@@ -36,9 +36,11 @@ def _u64(value: int | None) -> cri.UInt64Value | None:
     return cri.UInt64Value(value=value) if value is not None and value >= 0 else None
 
 
-def net_dev(pid: int) -> dict[str, tuple[int, int, int, int]]:
-    """rx_bytes, rx_errors, tx_bytes, tx_errors per interface of pid's netns."""
-    out: dict[str, tuple[int, int, int, int]] = {}
+def net_dev(pid: int) -> dict[str, tuple[int, ...]]:
+    """The 16 counters of /proc/net/dev per interface of pid's netns: bytes,
+    packets, errs, drop, fifo, frame, compressed, multicast received, then
+    bytes, packets, errs, drop, fifo, colls, carrier, compressed sent."""
+    out: dict[str, tuple[int, ...]] = {}
     try:
         with open(f"/proc/{pid}/net/dev") as f:
             lines = f.read().splitlines()[2:]
@@ -47,8 +49,8 @@ def net_dev(pid: int) -> dict[str, tuple[int, int, int, int]]:
     for line in lines:
         name, _, rest = line.partition(":")
         fields = rest.split()
-        if len(fields) >= 11:
-            out[name.strip()] = (int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10]))
+        if len(fields) >= 16:
+            out[name.strip()] = tuple(int(f) for f in fields[:16])
     return out
 
 
@@ -224,9 +226,10 @@ class StatsCollector:
         out = cri.NetworkUsage(timestamp=now)
         if not sb.netns or not sb.pid:
             return out
-        for name, (rx, rx_err, tx, tx_err) in sorted(net_dev(sb.pid).items()):
+        for name, counts in sorted(net_dev(sb.pid).items()):
             if name == "lo":
                 continue
+            rx, rx_err, tx, tx_err = counts[0], counts[2], counts[8], counts[10]
             iface = cri.NetworkInterfaceUsage(
                 name=name,
                 rx_bytes=cri.UInt64Value(value=rx),
