@@ -34,6 +34,7 @@ class FaultProxy:
         self.flip_digest = ""
         self.grow_digest = ""
         self.stall_digest = ""
+        self.stalled = 0  # stalled bodies whose client has not hung up yet
         self.manifest: tuple[bytes, str] | None = None
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -114,7 +115,14 @@ class FaultProxy:
             writer.write(out_head[:-2] + b"Connection: close\r\n\r\n")
             if is_blob and self.stall_digest in ("*", digest):
                 await writer.drain()
-                await asyncio.sleep(3600)
+                with self._lock:
+                    self.stalled += 1
+                try:
+                    await reader.read()  # until the client hangs up (or the proxy stops)
+                finally:
+                    with self._lock:
+                        self.stalled -= 1
+                return
             sent = 0
             flip = is_blob and digest == self.flip_digest
             while chunk := await up_r.read(64 << 10):

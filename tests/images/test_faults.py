@@ -7,6 +7,7 @@ content store must hold only blobs that hash to their names.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -119,6 +120,26 @@ def test_stalled_registry_times_out(
     proxy.stall_digest = "*"
     err = pull_error(d, f"{proxy.host}/test/small:1")
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+
+
+def test_pull_past_its_deadline_is_abandoned(
+    pyctrd: PyctrDaemon, proxy: FaultProxy, test_images: ImageSet
+) -> None:
+    """The caller's deadline ends the pull in the daemon too: it hangs up on
+    the registry at once instead of waiting out its own 30 s stall timeout,
+    and a later pull of the same image succeeds."""
+    proxy.stall_digest = "*"
+    ref = f"{proxy.host}/test/small:1"
+    with pytest.raises(grpc.RpcError) as e:
+        cri_pull(pyctrd, ref, timeout=2)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    gone = time.monotonic() + 10
+    while proxy.stalled and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert proxy.stalled == 0, "the daemon kept pulling after its caller's deadline"
+    proxy.stall_digest = ""
+    assert cri_pull(pyctrd, ref).startswith("sha256:")
+    assert_store_sound(pyctrd)
 
 
 def test_concurrent_pulls_download_each_blob_once(
