@@ -56,7 +56,14 @@ class Metadata:
                 self._conn.execute("ROLLBACK")
                 raise
             else:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # A full disk fails the COMMIT; SQLite may or may not have
+                    # rolled back already, so make sure the connection is out of it.
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                    raise
             finally:
                 self._depth = 0
 
@@ -85,6 +92,12 @@ class Metadata:
             " ON CONFLICT(name) DO UPDATE SET version = excluded.version",
             (table, version),
         )
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it: gives its space back
+        (a full disk's cleanup needs that room for its own deletes)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         with self._lock:

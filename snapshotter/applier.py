@@ -306,6 +306,7 @@ class Unpacker:
         """Retry removing the extraction snapshots a full disk refused to drop."""
         with self._lock:
             keys, self._undiscarded = self._undiscarded, []
+        failed = []
         for key in keys:
             try:
                 self.sn.remove(key)
@@ -313,3 +314,7 @@ class Unpacker:
                 pass
             except Exception:
                 log.exception("could not remove extraction snapshot %s", key)
+                failed.append(key)  # kept for the next try, once there is room
+        if failed:
+            with self._lock:
+                self._undiscarded.extend(failed)

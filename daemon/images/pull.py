@@ -57,6 +57,7 @@ from pyctr.daemon.images.registry import (
     manifest_media_type,
     parse_json,
 )
+from pyctr.daemon.images.reserve import DiskReserve
 from pyctr.daemon.images.store import MAX_CONFIG, Image, ImageName, ImageStore, LayerRecord
 from pyctr.daemon.snapshots import Snapshots, snapshotter_errors
 from pyctr.snapshotter.base import chain_ids
@@ -143,6 +144,8 @@ class Puller:
         self._unpack_pool = concurrent.futures.ThreadPoolExecutor(8, "pyctr-unpack")
         self._unpack_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._live_leases: set[str] = set()  # leases of pulls running in this process
+        self.reserve = DiskReserve(config.root_dir)
+        self.reserve.hold()
 
     def close(self) -> None:
         self._unpack_pool.shutdown(wait=True, cancel_futures=True)
@@ -197,7 +200,7 @@ class Puller:
         self.leases.expire()  # failed pulls' leases must not pile up between GCs
         lease = self.leases.create(PULL_LEASE_TTL, {"pyctr.io/pull": str(r)})
         self._live_leases.add(lease.id)
-        ok = False
+        ok = full = False
         try:
             image, names = await self._pull(repo, plat, progress, lease.id)
             image = self.images.commit(image, names)
@@ -205,8 +208,11 @@ class Puller:
         except BaseException as e:
             progress.error = str(e) or type(e).__name__
             progress.set_phase("failed")
-            if disk_full(e):
+            if full := disk_full(e):
+                self.reserve.release()  # room for the deletes below
                 self._drop_partial_downloads(lease.id)
+                with contextlib.suppress(Exception):
+                    self.leases.db.checkpoint()  # and the WAL's room
                 # With that room, the extraction snapshots the full disk kept
                 # from being removed (SQLite needs room to delete a row) go too.
                 await asyncio.to_thread(self.unpacker.discard_leftovers)
@@ -220,6 +226,8 @@ class Puller:
             else:
                 with contextlib.suppress(Exception):
                     self.leases.set_expiry(lease.id, time.time() + FAILED_PULL_RETENTION)
+            if ok or full:
+                self.reserve.hold()  # back once there is room (a stat when it is there)
         progress.image_id = image.id
         progress.set_phase("done")
         return image
