@@ -15,6 +15,7 @@ from pyctr.daemon.cgroups import Cgroups
 from pyctr.daemon.config import Config
 from pyctr.daemon.events import EventBus
 from pyctr.daemon.metadata import Metadata
+from pyctr.daemon.spec.apparmor import AppArmor
 
 if TYPE_CHECKING:
     # For the checker only: importing them here would load the whole daemon
@@ -37,6 +38,8 @@ class Context:
     runc_path: str | None
     cgroups: Cgroups
     started_at_ns: int = field(default_factory=time.time_ns)
+    # AppArmor as the kernel has it (off: the CRI fields are accepted, nothing applied).
+    apparmor: AppArmor = field(default_factory=AppArmor.detect, repr=False, compare=False)
     events: EventBus = field(default_factory=EventBus, repr=False, compare=False)
     # The runtime handlers as `handlers.probe` found them; without, runc alone.
     probed_handlers: InitVar[Handlers | None] = None

@@ -131,6 +131,8 @@ class Daemon:
             probed_handlers=handlers,
         )  # fmt: skip
         self._ctx = ctx
+        await asyncio.to_thread(ctx.apparmor.load_default)
+        log.info("apparmor: %s", ctx.apparmor.reason)
 
         await open_images(ctx, stack)
 

@@ -47,6 +47,13 @@ class SystemService(system_pb2_grpc.SystemServicer):
                 for f in host.features(cfg.cri.cni.conf_dir, cfg.cri.cni.bin_dir, self.ctx.cgroups)
             ]
             + [
+                pb.Feature(
+                    name="apparmor",
+                    value="yes" if self.ctx.apparmor.enabled else "no",
+                    detail=self.ctx.apparmor.reason,
+                )
+            ]
+            + [
                 pb.Feature(name=name, value=value, detail=detail)
                 for name, value, detail in info_features(self.ctx.handlers)
             ],

@@ -75,6 +75,11 @@ class RuntimeRpcs:
                     "runtimes": {h.name: handler_info(h) for h in handlers.by_name.values()},
                     "cgroup": self.ctx.cgroups.version,
                     "cgroupDriver": self.ctx.cgroups.driver,
+                    "apparmor": {
+                        "enabled": self.ctx.apparmor.enabled,
+                        "defaultProfileLoaded": self.ctx.apparmor.default_loaded,
+                        "reason": self.ctx.apparmor.reason,
+                    },
                 }
             )
         return cri.StatusResponse(

@@ -270,6 +270,10 @@ class SandboxManager:
                     f"runtime handler {handler.name!r} cannot run pods with their own user"
                     f" namespace: {handler.userns.reason}"
                 )
+        sc = config.linux.security_context
+        apparmor = self.ctx.apparmor.resolve(
+            sc.apparmor if sc.HasField("apparmor") else None, "", sc.privileged
+        )
         host_network = ns.network == NODE
         hostname = config.hostname or (socket.gethostname() if host_network else md.name[:63])
         if not HOSTNAME_RE.match(hostname):
@@ -347,7 +351,7 @@ class SandboxManager:
                 def build(rootfs: Path, image_config: dict[str, Any]) -> Any:
                     return sandbox_options(
                         rootfs, image_config, config, view,
-                        cgroups=self.cgroups, restrict_oom=self.restrict_oom,
+                        cgroups=self.cgroups, restrict_oom=self.restrict_oom, apparmor=apparmor,
                     )  # fmt: skip
 
                 await self.runtime.create(record, build, image_ref=image.id)
@@ -478,6 +482,10 @@ class SandboxManager:
         volumes: dict[int, Image],
     ) -> CriContainer:
         md = config.metadata
+        sc = config.linux.security_context
+        apparmor = self.ctx.apparmor.resolve(
+            sc.apparmor if sc.HasField("apparmor") else None, sc.apparmor_profile, sc.privileged
+        )
         plan = await asyncio.to_thread(self._plan, config, rro, volumes, sb.userns)
         pid_mode = config.linux.security_context.namespace_options.pid
         if pid_mode == TARGET:
@@ -516,7 +524,7 @@ class SandboxManager:
             record.image_stop_signal = str(image_config.get("StopSignal") or "")
             return container_options(
                 rootfs, image_config, config, pod, plan,
-                cid=cid, cgroups=cgroups, restrict_oom=restrict,
+                cid=cid, cgroups=cgroups, restrict_oom=restrict, apparmor=apparmor,
             )  # fmt: skip
 
         await self.runtime.create(record, build, image_ref=image.id)

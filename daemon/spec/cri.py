@@ -469,8 +469,10 @@ def container_options(
     cid: str,
     cgroups: Cgroups,
     restrict_oom: bool,
+    apparmor: str | None = None,
 ) -> SpecOptions:
-    """Spec options for one container of `pod` (its rootfs is mounted at `rootfs`)."""
+    """Spec options for one container of `pod` (its rootfs is mounted at `rootfs`);
+    `apparmor`: the profile name AppArmor.resolve chose, None for none."""
     linux = config.linux
     sc = linux.security_context
     ns_opts = sc.namespace_options
@@ -549,6 +551,7 @@ def container_options(
         oom_score_adj=linux.resources.oom_score_adj if linux.HasField("resources") else None,
         restrict_oom_score_adj=restrict_oom,
         seccomp=profile,
+        apparmor_profile=apparmor or "",
         devices=devices,
         annotations={
             "io.kubernetes.cri.container-type": "container",
@@ -575,6 +578,7 @@ def sandbox_options(
     *,
     cgroups: Cgroups,
     restrict_oom: bool,
+    apparmor: str | None = None,
 ) -> SpecOptions:
     """Spec options for the pod's pause process, which holds its namespaces."""
     sc = config.linux.security_context
@@ -624,6 +628,7 @@ def sandbox_options(
         restrict_oom_score_adj=restrict_oom,
         sysctl=dict(config.linux.sysctls),
         seccomp=profile,
+        apparmor_profile=apparmor or "",
         annotations={
             "io.kubernetes.cri.container-type": "sandbox",
             "io.kubernetes.cri.sandbox-id": pod.id,

@@ -195,9 +195,11 @@ def test_seccomp_profiles(
     assert kube.exec(legacy, unshare).exit_code != 0
 
     # With CAP_SYS_ADMIN the default profile lets namespace calls through.
+    # (unshare -m mounts: AppArmor's default profile, where there is one, would stop that.)
     admin = SC(
         seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.RuntimeDefault),
         capabilities=cri.Capability(add_capabilities=["SYS_ADMIN"]),
+        apparmor=cri.SecurityProfile(profile_type=cri.SecurityProfile.Unconfined),
     )
     adm = kube.run(pod_id, config, "admin", security=admin)
     r = kube.exec(adm, [BB, "unshare", "-m", "true"])
