@@ -90,7 +90,7 @@ def resolve_address(flag: str | None) -> str:
 def rpc_error(e: grpc.RpcError, address: str) -> CliError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = (e.details() if hasattr(e, "details") else str(e)) or code.name
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not _from_daemon(e):
         return CliError(
             f"cannot reach pyctrd at {address}: {details}; {_hint(address)}", EXIT_UNAVAILABLE
         )
@@ -99,6 +99,12 @@ def rpc_error(e: grpc.RpcError, address: str) -> CliError:
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return CliError(details, EXIT_NOPERM)
     return CliError(f"{details} ({code.name})", EXIT_ERROR)
+
+
+def _from_daemon(e: grpc.RpcError) -> bool:
+    """Did pyctrd itself answer with this error (then it was reached)?"""
+    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    return any(k == "pyctr-answered-by" for k, _ in trailing or ())
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -152,6 +152,9 @@ def _pull_live(stream: Any) -> pb.ImagePullProgress:
 
 
 def _age(ns: int) -> str:
+    """How long ago a nanosecond timestamp was ("-" when not known)."""
+    if ns <= 0:
+        return "-"
     secs = max(0.0, time.time() - ns / 1e9)
     for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
         if secs >= size:

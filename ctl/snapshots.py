@@ -52,7 +52,7 @@ def list_snapshots(client: Client, opts: argparse.Namespace) -> int:
             s.key[:40],
             s.parent[:19] or "-",
             s.kind,
-            _age(s.created_at / 1e9),
+            _age(s.created_at),
             ", ".join(s.used_by)[:40],
         )
         for s in resp.snapshots

@@ -28,6 +28,7 @@ log = logging.getLogger("pyctr.rpc")
 # 16 MiB: room for big ListContainers / ExecSync answers, small enough that a
 # hostile client cannot make the daemon buffer gigabytes.
 MAX_MESSAGE = 16 * 1024 * 1024
+ANSWERED_BY = (("pyctr-answered-by", "pyctrd"),)
 
 
 def _status_for(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -76,7 +77,9 @@ async def _answering(method: str, context: grpc.aio.ServicerContext) -> AsyncIte
     except Exception as exc:
         code, message = _status_for(method, exc)
         outcome = code.name
-        await context.abort(code, message)
+        # Marked as pyctrd's own answer: a client tells an UNAVAILABLE registry
+        # from a daemon it could not reach by this.
+        await context.abort(code, message, trailing_metadata=ANSWERED_BY)
     finally:
         _log_done(method, started, outcome)
 

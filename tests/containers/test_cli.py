@@ -6,6 +6,7 @@ pyctrd running real containers with runc.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import os
@@ -170,6 +171,11 @@ def test_detached_container_through_ps_inspect_exec_logs_stop_rm(ctr: Ctr) -> No
     assert info["labels"] == {"tier": "test"}
     assert info["args"] == ["sh", "-c", script]
     assert int(info["started_at"]) >= started and int(info["pid"]) > 0
+    # Beside each raw nanosecond time, the same time in RFC 3339 (UTC, nanoseconds).
+    ns = int(info["started_at"])
+    when = datetime.datetime.fromtimestamp(ns // 10**9, datetime.UTC)
+    assert info["started_at_rfc3339"] == f"{when:%Y-%m-%dT%H:%M:%S}.{ns % 10**9:09d}Z"
+    assert "finished_at_rfc3339" not in info  # 0: not a time
     assert info["spec"]["hostname"] == cid[:12]
     assert "GREETING=hello" in info["spec"]["process"]["env"]
     # "<parent>/<id>" with cgroupfs, "<slice>:pyctr:<id>" with systemd.

@@ -62,3 +62,7 @@ def test_images_cli_errors(pyctrd: PyctrDaemon, test_images: ImageSet) -> None:
     assert bad.returncode == 3 and "manifest unknown" in bad.stderr
     plat = pyctrd.ctl("images", "pull", "--platform", "linux", test_images.ref("test/small:1"))
     assert plat.returncode == 1 and "os/arch" in plat.stderr
+    # A registry nobody answers on is the daemon's UNAVAILABLE, not "pyctrd is down".
+    gone = pyctrd.ctl("images", "pull", "127.0.0.1:1/test/small:1")
+    assert gone.returncode == 1 and "UNAVAILABLE" in gone.stderr, gone.stderr
+    assert "127.0.0.1:1" in gone.stderr and "cannot reach pyctrd" not in gone.stderr
