@@ -104,7 +104,7 @@ def rpc_error(e: grpc.RpcError, address: str) -> CliError:
 def _from_daemon(e: grpc.RpcError) -> bool:
     """Did pyctrd itself answer with this error (then it was reached)?"""
     trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
-    return any(k == "pyctr-answered-by" for k, _ in trailing or ())
+    return any(tuple(item)[0] == "pyctr-answered-by" for item in trailing or ())  # type: ignore[arg-type]
 
 
 def fail(message: str, code: int) -> NoReturn:
