@@ -200,6 +200,16 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
     return config
 
 
+def from_toml(text: str) -> Config:
+    """A config from TOML text (the daemon's own `render`, as `pyctr info` gets it)."""
+    try:
+        config = _build(Config, tomllib.loads(text), "")
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"config: {e}") from None
+    _check_choices(config)
+    return config
+
+
 # Keys whose value must be one of a few words; checked at load, so a daemon
 # never starts with a setting it would only trip over at the first pod.
 _CHOICES = {
