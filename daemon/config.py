@@ -126,6 +126,13 @@ class Runtime:
 
 
 @dataclass
+class Metrics:
+    address: str = _opt(
+        "", "host:port of the Prometheus endpoint (GET /metrics); empty: off; no auth, so loopback"
+    )
+
+
+@dataclass
 class Config:
     root: str = _opt("/var/lib/pyctr", "persistent state: content, snapshots, metadata")
     state: str = _opt("/run/pyctr", "runtime state: sockets, bundles, exit records")
@@ -136,6 +143,7 @@ class Config:
     snapshotter: Snapshotter = _section(Snapshotter, "root filesystems from image layers")
     runtime: Runtime = _section(Runtime, "container runtime")
     cri: Cri = _section(Cri, "Kubernetes CRI")
+    metrics: Metrics = _section(Metrics, "the daemon's own Prometheus metrics")
 
     @property
     def root_dir(self) -> Path:

@@ -151,6 +151,16 @@ class Daemon:
         stack.push_async_callback(streaming.stop)
         ctx.streaming = streaming
 
+        if cfg.metrics.address:
+            from pyctr.daemon.metrics import MetricsServer
+
+            try:
+                metrics = MetricsServer(ctx, cfg.metrics.address)
+                await metrics.start()
+            except (OSError, InvalidArgument) as e:
+                raise StartupError(f"metrics: {e}") from None
+            stack.push_async_callback(metrics.stop)
+
         server = server_mod.build(ctx)
         # grpc binds the socket here: it is born 0660 (never briefly wider)
         # and gets its group before the server accepts the first client.

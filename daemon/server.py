@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from pyctr.daemon import metrics
 from pyctr.daemon.context import Context
 from pyctr.daemon.errors import InvalidArgument, PyctrError, disk_full
 from pyctr.daemon.snapshots import daemon_error
@@ -50,8 +51,10 @@ def _status_for(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _log_done(method: str, started: float, outcome: str) -> None:
+    took = time.perf_counter() - started
+    metrics.observe_rpc(method, outcome, took)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s %s %.2fms", method, outcome, (time.perf_counter() - started) * 1000)
+        log.debug("%s %s %.2fms", method, outcome, took * 1000)
 
 
 def _decode(method: str, deserializer: Callable[[bytes], Any] | None, raw: Any) -> Any:

@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from pyctr.daemon import metrics
 from pyctr.daemon.errors import PyctrError
 from pyctr.daemon.images.content import ContentStore
 from pyctr.daemon.images.leases import Leases
@@ -67,6 +68,9 @@ class GarbageCollector:
             keep_blobs, keep_ingests, keep_snaps = self._mark()
             await asyncio.to_thread(self._sweep, keep_blobs, keep_ingests, keep_snaps, result)
             result.duration = time.monotonic() - started
+        metrics.GC_RUNS.inc()
+        metrics.GC_FREED.inc(result.bytes_freed)
+        metrics.GC_SECONDS.observe(result.duration)
         if result.blobs_removed or result.snapshots_removed or result.ingests_removed:
             log.info(
                 "gc: removed %d blobs, %d ingests, %d snapshots (%d bytes) in %.2fs",

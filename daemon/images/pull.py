@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyctr.daemon import config as cfg
+from pyctr.daemon import metrics
 from pyctr.daemon.errors import FailedPrecondition, Internal, InvalidArgument, disk_full
 from pyctr.daemon.images.auth import Credentials
 from pyctr.daemon.images.content import (
@@ -218,6 +219,7 @@ class Puller:
                 await asyncio.to_thread(self.unpacker.discard_leftovers)
             raise
         finally:
+            metrics.PULLS.labels("ok" if ok else "failed").inc()
             self._live_leases.discard(lease.id)
             if ok:
                 self._drop_stale_leases(str(r))
@@ -369,6 +371,9 @@ class Puller:
                     desc.digest, desc.size, lambda w: download(i, desc, w)
                 )
                 took = time.monotonic() - began
+                if fresh:
+                    metrics.LAYER_BYTES.inc(desc.size)
+                    metrics.LAYER_SECONDS.observe(took)
                 log.debug(
                     "layer %d (%s): %s, %.1f MiB in %.3fs",
                     i, desc.digest, "downloaded" if fresh else "present", desc.size / 2**20, took,
