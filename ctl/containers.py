@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only IDs")
     p.add_argument("--no-trunc", action="store_true", help="full IDs and commands")
     p.add_argument("--sandboxes", action="store_true", help="include CRI pod sandboxes")
+    p.add_argument(
+        "-A", "--all-namespaces", action="store_true",
+        help="also the kubelet's containers (MANAGED BY tells them apart)",
+    )  # fmt: skip
     p.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
     _output_flag(p)
     p.set_defaults(func=ps)
@@ -158,8 +162,37 @@ def ps(client: Client, opts: argparse.Namespace) -> int:
         ]
         for c in found
     ]
-    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"], rows)
+    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+    if opts.all_namespaces:
+        headers.append("MANAGED BY")
+        rows = [[*r, "pyctr"] for r in rows] + _kubelet_rows(client, opts, now)
+    print_table(headers, rows)
     return 0
+
+
+def _kubelet_rows(client: Client, opts: argparse.Namespace, now: int) -> list[list[Any]]:
+    """The CRI containers, as `ps` rows: what the kubelet made on this node."""
+    from pyctr.ctl.pods import CONTAINER_STATES
+    from pyctr.proto import cri_pb2 as cri
+    from pyctr.proto import cri_pb2_grpc
+
+    rt = cri_pb2_grpc.RuntimeServiceStub(client.channel)
+    pods = {
+        p.id: p
+        for p in rt.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=client.timeout).items
+    }
+    rows = []
+    for c in rt.ListContainers(cri.ListContainersRequest(), timeout=client.timeout).containers:
+        if not opts.all and c.state != cri.CONTAINER_RUNNING:
+            continue
+        pod = pods.get(c.pod_sandbox_id)
+        where = f"{pod.metadata.namespace}/{pod.metadata.name}" if pod else c.pod_sandbox_id[:12]
+        rows.append([
+            c.id if opts.no_trunc else c.id[:12], c.image.image, "",
+            f"{duration((now - c.created_at) / 1e9)} ago", CONTAINER_STATES.get(c.state, "?"),
+            f"{where}/{c.metadata.name}", "kubelet",
+        ])  # fmt: skip
+    return rows
 
 
 def inspect(client: Client, opts: argparse.Namespace) -> int:
