@@ -12,12 +12,23 @@ import sys
 
 import grpc
 
-from pyctr.ctl import containers, content, doctor, events, images, pods, run, snapshots, system
+from pyctr.ctl import (
+    containers,
+    content,
+    doctor,
+    events,
+    images,
+    pods,
+    run,
+    snapshots,
+    system,
+    top,
+)  # fmt: skip
 from pyctr.ctl.client import Client, CliError, resolve_address, rpc_error
 from pyctr.daemon.version import VERSION
 
 # Subcommand modules, one line each.
-COMMANDS = [system, doctor, images, content, snapshots, run, containers, pods, events]
+COMMANDS = [system, doctor, images, content, snapshots, run, containers, pods, top, events]
 
 
 def parser() -> argparse.ArgumentParser:

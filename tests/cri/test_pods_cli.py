@@ -75,3 +75,28 @@ def test_pods_ls_ps_inspect_logs_stats(cri_env: CriEnv, kube: Kubelet) -> None:
         assert not any(done[:12] in r for r in rows)  # exited: only with -a
     finally:
         ctl("rm", "-f", "handmade")
+
+
+def test_top_shows_cpu_memory_and_io(cri_env: CriEnv, kube: Kubelet) -> None:
+    config = kube.pod_config("busy")
+    pod_id = kube.run_pod(config)
+    spin = kube.run(pod_id, config, "spin", [BB, "sh", "-c", "while :; do :; done"])
+    idle = kube.run(pod_id, config, "idle")
+    writer = kube.run(
+        pod_id, config, "writer",
+        [BB, "sh", "-c", "while :; do dd if=/dev/zero of=/f bs=64k count=64 conv=fsync "
+                         "2>/dev/null; sleep 0.1; done"],
+    )  # fmt: skip
+    out = cri_env.daemon.ctl("-o", "json", "top", "--interval", "1.5", "-n", "default")
+    assert out.returncode == 0, out.stderr
+    found = {r["id"]: r for r in json.loads(out.stdout)}
+    assert {spin, idle, writer} <= set(found)
+    assert found[spin]["cpu_percent"] > 20  # a busy loop: a good share of a core
+    assert found[idle]["cpu_percent"] < found[spin]["cpu_percent"]
+    assert all(found[c]["memory_bytes"] > 0 for c in (spin, idle, writer))
+    assert found[writer]["writable_bytes"] >= 4 << 20
+    assert found[idle]["write_bytes_per_second"] == 0
+    assert found[writer]["write_bytes_per_second"] >= 0 and found[spin]["pod"] == "busy"
+    table = cri_env.daemon.ctl("top", "--once", "--interval", "0.5").stdout.splitlines()
+    assert table[0].split()[:3] == ["CONTAINER", "NAME", "POD"]
+    assert any(spin[:13] in line for line in table[1:])
