@@ -13,6 +13,7 @@ import sys
 import grpc
 
 from pyctr.ctl import (
+    completion,
     containers,
     content,
     doctor,
@@ -28,7 +29,19 @@ from pyctr.ctl.client import Client, CliError, resolve_address, rpc_error
 from pyctr.daemon.version import VERSION
 
 # Subcommand modules, one line each.
-COMMANDS = [system, doctor, images, content, snapshots, run, containers, pods, top, events]
+COMMANDS = [
+    system,
+    doctor,
+    completion,
+    images,
+    content,
+    snapshots,
+    run,
+    containers,
+    pods,
+    top,
+    events,
+]
 
 
 def parser() -> argparse.ArgumentParser:
