@@ -42,6 +42,7 @@ from tests.support.images import (
     tar_bytes,
 )
 from tests.support.registry import Registry
+from tests.support.timing import scaled
 
 pytestmark = pytest.mark.root
 
@@ -166,11 +167,11 @@ class Client:
 
     def run(self, image: str, args: list[str], **kw: object) -> pb.ContainerInfo:
         req = pb.ContainerCreateRequest(image=image, args=args, **kw)  # type: ignore[arg-type]
-        return self.ctr.Run(req, timeout=60).container
+        return self.ctr.Run(req, timeout=scaled(60)).container
 
     def create(self, image: str, args: list[str], **kw: object) -> pb.ContainerInfo:
         req = pb.ContainerCreateRequest(image=image, args=args, **kw)  # type: ignore[arg-type]
-        return self.ctr.Create(req, timeout=60).container
+        return self.ctr.Create(req, timeout=scaled(60)).container
 
     def get(self, ref: str) -> pb.ContainerInfo:
         return self.ctr.Get(pb.ContainerGetRequest(container=ref), timeout=10).container
