@@ -16,7 +16,7 @@ import time
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             return f.read().decode("ascii", "replace")
@@ -24,13 +24,14 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _int(path: str) -> int | None:
-    text = _read(path)
+def read_int(path: str, unlimited: int | None = None) -> int | None:
+    """An integer cgroup file; "max" reads as `unlimited`, a missing file as None."""
+    text = read_text(path)
     if text is None:
         return None
     text = text.strip()
     if text == "max":
-        return None
+        return unlimited
     try:
         return int(text)
     except ValueError:
@@ -51,9 +52,9 @@ def _write(path: str, data: bytes) -> bool:
         os.close(fd)
 
 
-def _keyed(path: str) -> dict[str, int]:
+def read_keyed(path: str) -> dict[str, int]:
     """Parse `key value` lines (memory.stat, memory.events, cpu.stat, oom_control)."""
-    return parse_keyed(_read(path) or "")
+    return parse_keyed(read_text(path) or "")
 
 
 def parse_keyed(text: str) -> dict[str, int]:
@@ -116,7 +117,7 @@ class Cgroup:
 
     @classmethod
     def of_pid(cls, pid: int) -> Cgroup:
-        return cls._parse(_read(f"/proc/{pid}/cgroup") or "")
+        return cls._parse(read_text(f"/proc/{pid}/cgroup") or "")
 
     @classmethod
     def of_path(cls, path: str) -> Cgroup:
@@ -126,7 +127,7 @@ class Cgroup:
         What a started container needs: its init may be a zombie by the time
         we look, and a zombie's /proc/PID/cgroup names the v1 roots.
         """
-        return cls._parse(_read("/proc/self/cgroup") or "", path)
+        return cls._parse(read_text("/proc/self/cgroup") or "", path)
 
     @classmethod
     def _parse(cls, text: str, fixed_path: str | None = None) -> Cgroup:
@@ -163,17 +164,17 @@ class Cgroup:
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer took from this cgroup."""
         if self.unified:
-            return _keyed(f"{self.unified}/memory.events").get("oom_kill", 0)
+            return read_keyed(f"{self.unified}/memory.events").get("oom_kill", 0)
         mem = self.dirs.get("memory")
         if mem:
-            return _keyed(f"{mem}/memory.oom_control").get("oom_kill", 0)
+            return read_keyed(f"{mem}/memory.oom_control").get("oom_kill", 0)
         return 0
 
     def parent_oom_kills(self) -> int | None:
         """The parent's count (cgroup v2 counts the children's kills in it too)."""
         if not self.unified:
             return None
-        text = _read(f"{os.path.dirname(self.unified)}/memory.events")
+        text = read_text(f"{os.path.dirname(self.unified)}/memory.events")
         return None if text is None else parse_keyed(text).get("oom_kill", 0)
 
     def open_memory_events(self) -> int:
@@ -222,47 +223,47 @@ class Cgroup:
         cpu = self.dirs.get("cpuacct")
         mem = self.dirs.get("memory")
         pids = self.dirs.get("pids")
-        stat = _keyed(f"{mem}/memory.stat") if mem else {}
-        usage = _int(f"{mem}/memory.usage_in_bytes") if mem else None
-        limit = _int(f"{mem}/memory.limit_in_bytes") if mem else None
+        stat = read_keyed(f"{mem}/memory.stat") if mem else {}
+        usage = read_int(f"{mem}/memory.usage_in_bytes") if mem else None
+        limit = read_int(f"{mem}/memory.limit_in_bytes") if mem else None
         if limit is not None and limit >= 1 << 62:  # v1 spells "no limit" as a huge number
             limit = None
         return {
             "timestamp": now,
-            "cpu_usage_ns": _int(f"{cpu}/cpuacct.usage") if cpu else None,
+            "cpu_usage_ns": read_int(f"{cpu}/cpuacct.usage") if cpu else None,
             "memory_usage": usage,
             "memory_working_set": _working_set(usage, stat.get("total_inactive_file")),
             "memory_rss": stat.get("total_rss"),
             "memory_limit": limit,
             "page_faults": stat.get("total_pgfault"),
             "major_page_faults": stat.get("total_pgmajfault"),
-            "pids_current": _int(f"{pids}/pids.current") if pids else None,
-            "pids_limit": _int(f"{pids}/pids.max") if pids else None,
+            "pids_current": read_int(f"{pids}/pids.current") if pids else None,
+            "pids_limit": read_int(f"{pids}/pids.max") if pids else None,
         }
 
     @staticmethod
     def _stats_v2(d: str, now: int) -> dict[str, int | None]:
-        stat = _keyed(f"{d}/memory.stat")
-        usage = _int(f"{d}/memory.current")
-        cpu = _keyed(f"{d}/cpu.stat").get("usage_usec")
+        stat = read_keyed(f"{d}/memory.stat")
+        usage = read_int(f"{d}/memory.current")
+        cpu = read_keyed(f"{d}/cpu.stat").get("usage_usec")
         return {
             "timestamp": now,
             "cpu_usage_ns": cpu * 1000 if cpu is not None else None,
             "memory_usage": usage,
             "memory_working_set": _working_set(usage, stat.get("inactive_file")),
             "memory_rss": stat.get("anon"),
-            "memory_limit": _int(f"{d}/memory.max"),
+            "memory_limit": read_int(f"{d}/memory.max"),
             "page_faults": stat.get("pgfault"),
             "major_page_faults": stat.get("pgmajfault"),
-            "pids_current": _int(f"{d}/pids.current"),
-            "pids_limit": _int(f"{d}/pids.max"),
+            "pids_current": read_int(f"{d}/pids.current"),
+            "pids_limit": read_int(f"{d}/pids.max"),
         }
 
     def procs(self) -> list[int] | None:
         """PIDs in the container's cgroup, or None when it cannot be read."""
         for d in (self.unified, self.dirs.get("pids"), self.dirs.get("memory")):
             if d:
-                text = _read(f"{d}/cgroup.procs")
+                text = read_text(f"{d}/cgroup.procs")
                 if text is not None:
                     return sorted(int(p) for p in text.split())
         return None
@@ -305,14 +306,14 @@ class Cgroup:
 
 
 def _pids(directory: str) -> list[int]:
-    return [int(p) for p in (_read(f"{directory}/cgroup.procs") or "").split()]
+    return [int(p) for p in (read_text(f"{directory}/cgroup.procs") or "").split()]
 
 
 def pressure(directory: str, resource: str) -> dict[str, tuple[float, float, float, int]]:
     """A cgroup v2 <resource>.pressure file (PSI): "some" and "full" lines as
     (avg10, avg60, avg300, total stall in ns); empty where the kernel has none."""
     out: dict[str, tuple[float, float, float, int]] = {}
-    for line in (_read(f"{directory}/{resource}.pressure") or "").splitlines():
+    for line in (read_text(f"{directory}/{resource}.pressure") or "").splitlines():
         kind, *fields = line.split()
         values = dict(f.partition("=")[::2] for f in fields)
         try:
@@ -329,7 +330,7 @@ def pressure(directory: str, resource: str) -> dict[str, tuple[float, float, flo
 
 def swap(directory: str) -> tuple[int | None, int | None]:
     """cgroup v2 swap: (usage, limit; None for no limit)."""
-    return _int(f"{directory}/memory.swap.current"), _int(f"{directory}/memory.swap.max")
+    return read_int(f"{directory}/memory.swap.current"), read_int(f"{directory}/memory.swap.max")
 
 
 def _working_set(usage: int | None, inactive_file: int | None) -> int | None:

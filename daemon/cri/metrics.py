@@ -31,7 +31,7 @@ from pyctr.daemon.cri import convert
 from pyctr.daemon.cri.stats import CGROUP_ROOT, net_dev
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
 from pyctr.proto import cri_pb2 as cri
-from pyctr.shim.cgroups import parse_keyed
+from pyctr.shim.cgroups import read_int, read_keyed, read_text
 
 BASE_LABELS = ("id", "name", "image")
 NS = 1_000_000_000
@@ -211,40 +211,18 @@ ALL = (*CGROUP_SERIES, *FILESYSTEM, *NETWORK)
 # -- reading the counters ---------------------------------------------------
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _int(path: str) -> int | None:
-    text = _read(path)
-    if text is None:
-        return None
-    text = text.strip()
-    if text == "max":
-        return UNLIMITED
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _keyed(path: str) -> dict[str, int]:
-    text = _read(path)
-    return parse_keyed(text) if text else {}
+    return read_int(path, unlimited=UNLIMITED)
 
 
 def _lines(path: str) -> int | None:
-    text = _read(path)
+    text = read_text(path)
     return None if text is None else len(text.split())
 
 
 def _device(major_minor: str) -> str:
     """/dev/<name> of a block device number, as cAdvisor labels it."""
-    for line in (_read(f"/sys/dev/block/{major_minor}/uevent") or "").splitlines():
+    for line in (read_text(f"/sys/dev/block/{major_minor}/uevent") or "").splitlines():
         if line.startswith("DEVNAME="):
             return "/dev/" + line.removeprefix("DEVNAME=")
     return major_minor
@@ -264,8 +242,8 @@ _V2_CPU_USEC = (  # cpu.stat's microsecond fields
 
 
 def counters_v2(d: str) -> Sample:
-    cpu = _keyed(f"{d}/cpu.stat")
-    mem = _keyed(f"{d}/memory.stat")
+    cpu = read_keyed(f"{d}/cpu.stat")
+    mem = read_keyed(f"{d}/memory.stat")
     usage = _int(f"{d}/memory.current")
     s: Sample = {
         "mem_cache": mem.get("file"),
@@ -281,7 +259,7 @@ def counters_v2(d: str) -> Sample:
         "pgfault_hierarchy": mem.get("pgfault"),
         "pgmajfault_container": mem.get("pgmajfault"),
         "pgmajfault_hierarchy": mem.get("pgmajfault"),
-        "oom_kills": _keyed(f"{d}/memory.events").get("oom_kill"),
+        "oom_kills": read_keyed(f"{d}/memory.events").get("oom_kill"),
         "processes": _int(f"{d}/pids.current"),
         "threads": _lines(f"{d}/cgroup.threads"),
         "threads_max": _int(f"{d}/pids.max"),
@@ -295,7 +273,7 @@ def counters_v2(d: str) -> Sample:
     s["cfs_periods"], s["cfs_throttled_periods"] = cpu.get("nr_periods"), cpu.get("nr_throttled")
     if usage is not None:
         s["mem_working_set"] = max(0, usage - mem.get("inactive_file", 0))
-    quota, _, period = (_read(f"{d}/cpu.max") or "").partition(" ")
+    quota, _, period = (read_text(f"{d}/cpu.max") or "").partition(" ")
     if period.strip().isdigit():
         s["spec_cpu_period"] = int(period)
         if quota.isdigit():
@@ -304,7 +282,7 @@ def counters_v2(d: str) -> Sample:
     if weight is not None:
         s["spec_cpu_shares"] = _shares_of_weight(weight)
     io: dict[str, tuple[int, int]] = {}
-    for line in (_read(f"{d}/io.stat") or "").splitlines():
+    for line in (read_text(f"{d}/io.stat") or "").splitlines():
         dev, *fields = line.split()
         values = dict(f.partition("=")[::2] for f in fields)
         if "rbytes" in values and "wbytes" in values:
@@ -318,9 +296,9 @@ def counters_v1(dirs: dict[str, str]) -> Sample:
         dirs.get(k, "") for k in ("cpu", "cpuacct", "memory", "pids", "blkio")
     )
     hz = os.sysconf("SC_CLK_TCK")
-    ticks = _keyed(f"{acct}/cpuacct.stat")
-    throttling = _keyed(f"{cpu}/cpu.stat")
-    stat = _keyed(f"{mem}/memory.stat")
+    ticks = read_keyed(f"{acct}/cpuacct.stat")
+    throttling = read_keyed(f"{cpu}/cpu.stat")
+    stat = read_keyed(f"{mem}/memory.stat")
     usage = _int(f"{mem}/memory.usage_in_bytes")
     memsw = _int(f"{mem}/memory.memsw.usage_in_bytes")
     s: Sample = {
@@ -342,7 +320,7 @@ def counters_v1(dirs: dict[str, str]) -> Sample:
         "pgfault_hierarchy": stat.get("total_pgfault"),
         "pgmajfault_container": stat.get("pgmajfault"),
         "pgmajfault_hierarchy": stat.get("total_pgmajfault"),
-        "oom_kills": _keyed(f"{mem}/memory.oom_control").get("oom_kill"),
+        "oom_kills": read_keyed(f"{mem}/memory.oom_control").get("oom_kill"),
         "processes": _int(f"{pids}/pids.current"),
         "threads": _lines(f"{pids}/tasks"),
         "threads_max": _int(f"{pids}/pids.max"),
@@ -361,7 +339,8 @@ def counters_v1(dirs: dict[str, str]) -> Sample:
     if usage is not None:
         s["mem_working_set"] = max(0, usage - stat.get("total_inactive_file", 0))
     io: dict[str, list[int]] = {}
-    for line in (_read(f"{blkio}/blkio.throttle.io_service_bytes_recursive") or "").splitlines():
+    service = read_text(f"{blkio}/blkio.throttle.io_service_bytes_recursive") or ""
+    for line in service.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] in ("Read", "Write"):
             io.setdefault(_device(parts[0]), [0, 0])[parts[1] == "Write"] += int(parts[2])
