@@ -28,8 +28,8 @@ import grpc
 
 from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
-from pyctr.daemon.cri.stats import CGROUP_ROOT, net_dev
-from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
+from pyctr.daemon.cri.stats import CGROUP_ROOT, StatsCollector, net_dev
+from pyctr.daemon.runtime.records import CriContainer, Sandbox
 from pyctr.proto import cri_pb2 as cri
 from pyctr.shim.cgroups import read_int, read_keyed, read_text
 
@@ -433,21 +433,15 @@ class MetricsRpcs:
             if c.sandbox_id in members and c.status.is_running:
                 members[c.sandbox_id].append(c)
         running = [c for group in members.values() for c in group]
-        fs = await asyncio.to_thread(self._usage, list(running))
+        stats = StatsCollector(self.ctx)  # its writable-layer walk, off the event loop
+
+        def measure() -> dict[str, int | None]:
+            found = {c.id: stats.writable(c) for c in running}
+            return {cid: u.used_bytes.value if u else None for cid, u in found.items()}
+
+        fs = await asyncio.to_thread(measure)
         collector = MetricsCollector(self.ctx)
         return [collector.pod(sb, members[sb.id], fs) for sb in pods]
-
-    def _usage(self, containers: list[Container]) -> dict[str, int | None]:
-        """Blocking (walks each upper dir): the writable layers' bytes."""
-        snap = self.ctx.snapshotter
-        out: dict[str, int | None] = {}
-        for c in containers:
-            try:
-                usage = snap.usage(c.snapshot) if snap is not None and c.snapshot else None
-            except Exception:
-                usage = None
-            out[c.id] = None if usage is None else usage.size_bytes
-        return out
 
     async def ListPodSandboxMetrics(  # noqa: N802
         self, request: cri.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext
