@@ -19,6 +19,7 @@ from pyctr.ctl import (
     doctor,
     events,
     images,
+    nri,
     pods,
     run,
     snapshots,
@@ -41,6 +42,7 @@ COMMANDS = [
     pods,
     top,
     events,
+    nri,
 ]
 
 

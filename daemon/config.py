@@ -133,6 +133,28 @@ class Metrics:
 
 
 @dataclass
+class Nri:
+    enable: bool = _opt(True, "host NRI plugins (node resource interface), as containerd 2.x does")
+    socket_path: str = _opt("/var/run/nri/nri.sock", "the socket NRI plugins connect to")
+    disable_connections: bool = _opt(
+        False, "no socket: only the plugins started from plugin_path take part"
+    )
+    plugin_path: str = _opt(
+        "/opt/nri/plugins", "plugins started with the daemon: executables named <idx>-<name>"
+    )
+    plugin_config_path: str = _opt(
+        "/etc/nri/conf.d", "their configs: <idx>-<name>.conf or <name>.conf, handed to Configure"
+    )
+    plugin_registration_timeout: float = _opt(5.0, "seconds a plugin has to register")
+    plugin_request_timeout: float = _opt(
+        2.0, "seconds a plugin has to answer one event; then it is disconnected"
+    )
+    required_plugins: list[str] = _opt(
+        [], "plugins (<idx>-<name> or <name>) without which pods and containers are refused"
+    )
+
+
+@dataclass
 class Config:
     root: str = _opt("/var/lib/pyctr", "persistent state: content, snapshots, metadata")
     state: str = _opt("/run/pyctr", "runtime state: sockets, bundles, exit records")
@@ -144,6 +166,7 @@ class Config:
     runtime: Runtime = _section(Runtime, "container runtime")
     cri: Cri = _section(Cri, "Kubernetes CRI")
     metrics: Metrics = _section(Metrics, "the daemon's own Prometheus metrics")
+    nri: Nri = _section(Nri, "NRI plugins")
 
     @property
     def root_dir(self) -> Path:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pyctr.daemon.images.content import ContentStore
     from pyctr.daemon.images.manager import ImageManager
     from pyctr.daemon.images.volumes import ImageVolumes
+    from pyctr.daemon.nri.adaptation import Nri
     from pyctr.daemon.pods.manager import SandboxManager
     from pyctr.daemon.runtime.handlers import Handlers
     from pyctr.daemon.runtime.manager import RuntimeManager
@@ -53,6 +54,7 @@ class Context:
     runtime: RuntimeManager = field(init=False, repr=False, compare=False)
     sandboxes: SandboxManager = field(init=False, repr=False, compare=False)  # CRI pods
     streaming: StreamingServer = field(init=False, repr=False, compare=False)  # exec URLs
+    nri: Nri = field(init=False, repr=False, compare=False)  # NRI plugins (maybe disabled)
 
     def __post_init__(self, probed_handlers: Handlers | None) -> None:
         from pyctr.daemon.runtime.handlers import single

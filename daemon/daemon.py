@@ -15,6 +15,7 @@ The build order is the dependency order:
    image manager (its first GC);
 4. the runtime manager, which recovers the containers the last daemon left;
 5. the sandbox manager, which recovers the pods (over the runtime);
+5b. NRI: its socket, and the plugins installed with the daemon;
 6. the streaming server (exec/attach/port-forward URLs, over the runtime);
 7. the gRPC server, bound and started last so no call arrives before its
    services are ready.
@@ -91,8 +92,9 @@ class Daemon:
 
         from pyctr.daemon import server as server_mod
         from pyctr.daemon.context import Context
-        from pyctr.daemon.errors import InvalidArgument
+        from pyctr.daemon.errors import InvalidArgument, PyctrError
         from pyctr.daemon.metadata import Metadata
+        from pyctr.daemon.nri.adaptation import Nri
         from pyctr.daemon.pods.manager import SandboxManager
         from pyctr.daemon.runtime.handlers import probe as probe_handlers
         from pyctr.daemon.runtime.manager import RuntimeManager
@@ -142,6 +144,16 @@ class Daemon:
 
         ctx.sandboxes = SandboxManager(ctx)
         await ctx.sandboxes.recover()
+
+        # NRI before the gRPC server: pre-installed plugins are synchronized
+        # before the first pod can be asked for.
+        ctx.nri = Nri(ctx)
+        stack.push_async_callback(ctx.nri.stop)
+        try:
+            await ctx.nri.start()
+        except (OSError, PyctrError) as e:
+            raise StartupError(f"NRI: {e}") from None
+        ctx.runtime.exit_hooks.append(ctx.nri.container_exited)
 
         streaming = StreamingServer(cfg.cri.streaming, RuntimeBackend(ctx.runtime))
         try:

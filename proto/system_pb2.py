@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pyctr/proto/system.proto\x12\x08pyctr.v1\"\x10\n\x0eVersionRequest\"`\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x63ri_api_version\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x0e\n\x06python\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"6\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xe5\x01\n\x0cInfoResponse\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_file\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x05 \x01(\t\x12\x11\n\trunc_path\x18\x06 \x01(\t\x12\x14\n\x0crunc_version\x18\x07 \x01(\t\x12\x0e\n\x06kernel\x18\x08 \x01(\t\x12#\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x11.pyctr.v1.Feature\x12\x0b\n\x03pid\x18\n \x01(\x03\x12\x12\n\nstarted_at\x18\x0b \x01(\x03\x32\x7f\n\x06System\x12>\n\x07Version\x12\x18.pyctr.v1.VersionRequest\x1a\x19.pyctr.v1.VersionResponse\x12\x35\n\x04Info\x12\x15.pyctr.v1.InfoRequest\x1a\x16.pyctr.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pyctr/proto/system.proto\x12\x08pyctr.v1\"\x10\n\x0eVersionRequest\"`\n\x0fVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x63ri_api_version\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x03 \x01(\t\x12\x0e\n\x06python\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"6\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xe5\x01\n\x0cInfoResponse\x12\x0c\n\x04root\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_file\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x05 \x01(\t\x12\x11\n\trunc_path\x18\x06 \x01(\t\x12\x14\n\x0crunc_version\x18\x07 \x01(\t\x12\x0e\n\x06kernel\x18\x08 \x01(\t\x12#\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32\x11.pyctr.v1.Feature\x12\x0b\n\x03pid\x18\n \x01(\x03\x12\x12\n\nstarted_at\x18\x0b \x01(\x03\"\x17\n\x15ListNriPluginsRequest\"\x7f\n\tNriPlugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x05 \x03(\t\x12\x14\n\x0c\x63onnected_at\x18\x06 \x01(\x03\x12\x14\n\x0csynchronized\x18\x07 \x01(\x08\"p\n\x16ListNriPluginsResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0e\n\x06socket\x18\x02 \x01(\t\x12$\n\x07plugins\x18\x03 \x03(\x0b\x32\x13.pyctr.v1.NriPlugin\x12\x0f\n\x07missing\x18\x04 \x03(\t2\xd4\x01\n\x06System\x12>\n\x07Version\x12\x18.pyctr.v1.VersionRequest\x1a\x19.pyctr.v1.VersionResponse\x12\x35\n\x04Info\x12\x15.pyctr.v1.InfoRequest\x1a\x16.pyctr.v1.InfoResponse\x12S\n\x0eListNriPlugins\x12\x1f.pyctr.v1.ListNriPluginsRequest\x1a .pyctr.v1.ListNriPluginsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURE']._serialized_end=223
   _globals['_INFORESPONSE']._serialized_start=226
   _globals['_INFORESPONSE']._serialized_end=455
-  _globals['_SYSTEM']._serialized_start=457
-  _globals['_SYSTEM']._serialized_end=584
+  _globals['_LISTNRIPLUGINSREQUEST']._serialized_start=457
+  _globals['_LISTNRIPLUGINSREQUEST']._serialized_end=480
+  _globals['_NRIPLUGIN']._serialized_start=482
+  _globals['_NRIPLUGIN']._serialized_end=609
+  _globals['_LISTNRIPLUGINSRESPONSE']._serialized_start=611
+  _globals['_LISTNRIPLUGINSRESPONSE']._serialized_end=723
+  _globals['_SYSTEM']._serialized_start=726
+  _globals['_SYSTEM']._serialized_end=938
 # @@protoc_insertion_point(module_scope)

@@ -61,3 +61,37 @@ class InfoResponse(_message.Message):
     pid: int
     started_at: int
     def __init__(self, root: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., config_file: _Optional[str] = ..., config_toml: _Optional[str] = ..., runc_path: _Optional[str] = ..., runc_version: _Optional[str] = ..., kernel: _Optional[str] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ..., pid: _Optional[int] = ..., started_at: _Optional[int] = ...) -> None: ...
+
+class ListNriPluginsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NriPlugin(_message.Message):
+    __slots__ = ("name", "index", "kind", "pid", "events", "connected_at", "synchronized")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONIZED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: str
+    kind: str
+    pid: int
+    events: _containers.RepeatedScalarFieldContainer[str]
+    connected_at: int
+    synchronized: bool
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., kind: _Optional[str] = ..., pid: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., connected_at: _Optional[int] = ..., synchronized: _Optional[bool] = ...) -> None: ...
+
+class ListNriPluginsResponse(_message.Message):
+    __slots__ = ("enabled", "socket", "plugins", "missing")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    socket: str
+    plugins: _containers.RepeatedCompositeFieldContainer[NriPlugin]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, enabled: _Optional[bool] = ..., socket: _Optional[str] = ..., plugins: _Optional[_Iterable[_Union[NriPlugin, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class SystemStub:
                 request_serializer=pyctr_dot_proto_dot_system__pb2.InfoRequest.SerializeToString,
                 response_deserializer=pyctr_dot_proto_dot_system__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.ListNriPlugins = channel.unary_unary(
+                '/pyctr.v1.System/ListNriPlugins',
+                request_serializer=pyctr_dot_proto_dot_system__pb2.ListNriPluginsRequest.SerializeToString,
+                response_deserializer=pyctr_dot_proto_dot_system__pb2.ListNriPluginsResponse.FromString,
+                _registered_method=True)
 
 
 class SystemServicer:
@@ -63,6 +68,13 @@ class SystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNriPlugins(self, request, context):
+        """The NRI plugins connected now, in the order they are called.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SystemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_SystemServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=pyctr_dot_proto_dot_system__pb2.InfoRequest.FromString,
                     response_serializer=pyctr_dot_proto_dot_system__pb2.InfoResponse.SerializeToString,
+            ),
+            'ListNriPlugins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNriPlugins,
+                    request_deserializer=pyctr_dot_proto_dot_system__pb2.ListNriPluginsRequest.FromString,
+                    response_serializer=pyctr_dot_proto_dot_system__pb2.ListNriPluginsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class System:
             '/pyctr.v1.System/Info',
             pyctr_dot_proto_dot_system__pb2.InfoRequest.SerializeToString,
             pyctr_dot_proto_dot_system__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNriPlugins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyctr.v1.System/ListNriPlugins',
+            pyctr_dot_proto_dot_system__pb2.ListNriPluginsRequest.SerializeToString,
+            pyctr_dot_proto_dot_system__pb2.ListNriPluginsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,7 @@ class SystemService(system_pb2_grpc.SystemServicer):
                     detail=self.ctx.apparmor.reason,
                 )
             ]
+            + [nri_feature(self.ctx)]
             + [
                 pb.Feature(name=name, value=value, detail=detail)
                 for name, value, detail in info_features(self.ctx.handlers)
@@ -60,3 +61,26 @@ class SystemService(system_pb2_grpc.SystemServicer):
             pid=os.getpid(),
             started_at=self.ctx.started_at_ns,
         )
+
+    async def ListNriPlugins(  # noqa: N802
+        self, request: pb.ListNriPluginsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListNriPluginsResponse:
+        info = self.ctx.nri.info()
+        return pb.ListNriPluginsResponse(
+            enabled=info["enabled"],
+            socket=info["socket"],
+            plugins=[pb.NriPlugin(**p) for p in info["plugins"]],
+            missing=info["missing"],
+        )
+
+
+def nri_feature(ctx: Context) -> pb.Feature:
+    info = ctx.nri.info()
+    if not info["enabled"]:
+        return pb.Feature(name="nri", value="no", detail="disabled in the config ([nri] enable)")
+    names = [f"{p['index']}-{p['name']}" for p in info["plugins"] if p["synchronized"]]
+    where = f"socket {info['socket']}" if info["socket"] else "no socket (disable_connections)"
+    detail = f"{where}; plugins: {', '.join(names) or 'none'}"
+    if info["missing"]:
+        detail += f"; required, not connected: {', '.join(info['missing'])}"
+    return pb.Feature(name="nri", value="yes", detail=detail)

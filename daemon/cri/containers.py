@@ -12,7 +12,6 @@ timeout.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -27,10 +26,9 @@ from pyctr.daemon.errors import (
     NotFound,
 )
 from pyctr.daemon.events import Event
+from pyctr.daemon.pods.updates import update_container_resources
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
-from pyctr.daemon.runtime.states import Op, require
-from pyctr.daemon.spec.cri import oci_resources
-from pyctr.daemon.spec.oci import exec_process, write_bundle_config
+from pyctr.daemon.spec.oci import exec_process
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -78,8 +76,7 @@ class ContainerRpcs:
     ) -> cri.RemoveContainerResponse:
         c = self._known(request.container_id)
         if c is not None:
-            with contextlib.suppress(NotFound):  # removed meanwhile
-                await self.ctx.runtime.remove(c.id, force=True)
+            await self.ctx.sandboxes.remove_container(c.id)
         return cri.RemoveContainerResponse()
 
     def _known(self, ref: str) -> CriContainer | None:
@@ -119,26 +116,10 @@ class ContainerRpcs:
     async def UpdateContainerResources(  # noqa: N802
         self, request: cri.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
     ) -> cri.UpdateContainerResourcesResponse:
-        sandboxes = self.ctx.sandboxes
-        c = sandboxes.get_container(request.container_id)
+        c = self.ctx.sandboxes.get_container(request.container_id)
         if not request.HasField("linux"):
             return cri.UpdateContainerResourcesResponse()
-        new = oci_resources(request.linux, self.ctx.cgroups.v2)
-        runtime = self.ctx.runtime
-        async with runtime.lock(c.id):
-            c = runtime.store.get_as(c.id, CriContainer)
-            spec = copy.deepcopy(c.spec)
-            resources = spec.setdefault("linux", {}).setdefault("resources", {})
-            # The request is the container's whole set of these limits.
-            for key in ("cpu", "memory", "hugepageLimits", "unified"):
-                resources.pop(key, None)
-            resources.update(new)
-            require(c.status, Op.UPDATE_RESOURCES, c.id)
-            if c.status.can_signal:  # running: the live cgroup
-                await runtime.shim(c.id).update(new)
-            else:  # not started: the bundle runc will create it from
-                write_bundle_config(runtime.task_dir(c.id), spec)
-            runtime.store.update(c.id, spec=spec)
+        await update_container_resources(self.ctx, c.id, request.linux)
         return cri.UpdateContainerResourcesResponse()
 
     async def ReopenContainerLog(  # noqa: N802

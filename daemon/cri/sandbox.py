@@ -63,10 +63,11 @@ class SandboxRpcs:
         )
 
     def _pods(self, f: cri.PodSandboxFilter) -> list[cri.PodSandbox]:
+        creating = self.ctx.sandboxes.creating  # listed once RunPodSandbox is done
         return [
             convert.pod_summary(sb)
             for sb in self.ctx.sandboxes.store.list_of(Sandbox)
-            if convert.pod_matches(sb, f)
+            if sb.id not in creating and convert.pod_matches(sb, f)
         ]
 
     async def ListPodSandbox(  # noqa: N802

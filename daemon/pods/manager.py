@@ -145,6 +145,7 @@ class SandboxManager:
         self.pod_cidr = ""  # from UpdateRuntimeConfig; informational
         self._reserved: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.creating: set[str] = set()  # pods in RunPodSandbox: not listed yet
 
     @property
     def store(self) -> Any:
@@ -230,6 +231,14 @@ class SandboxManager:
         finally:
             self._reserved.pop(name, None)
 
+    @contextlib.contextmanager
+    def _creating(self, sid: str) -> Iterator[None]:
+        self.creating.add(sid)
+        try:
+            yield
+        finally:
+            self.creating.discard(sid)
+
     def _new_id(self) -> str:
         cid = new_id()
         while self.runtime.task_dir(cid).exists():  # a 16-hex prefix collision
@@ -292,10 +301,16 @@ class SandboxManager:
         ]
         if not host_network:
             self.cni.network()  # NetworkNotReady before any work is done
+        nri = self.ctx.nri
+        nri.require_plugins()
         sid = self._new_id()
-        with self._reservation(sandbox_name(md), sid):
+        with self._reservation(sandbox_name(md), sid), self._creating(sid):
             image = await self._sandbox_image()
-            async with self._new_pod_lock(sid), contextlib.AsyncExitStack() as undo:
+            async with (
+                nri.sync_blocked(),
+                self._new_pod_lock(sid),
+                contextlib.AsyncExitStack() as undo,
+            ):
                 undo.callback(self.files.remove, sid)
                 self.files.create(sid, hostname, resolv, host_network=host_network)
                 if ns.ipc != NODE:
@@ -370,6 +385,7 @@ class SandboxManager:
                 # Recorded running with its IPs and namespaces in one commit.
                 started = await self.runtime.start(sid, finish)
                 assert isinstance(started, Sandbox)
+                await nri.run_pod(started)  # a plugin's error undoes the pod
                 undo.pop_all()
         log.info("pod sandbox %s (%s) ready, ips %s", sid[:12], started.name, started.ips)
         return started
@@ -413,7 +429,10 @@ class SandboxManager:
                 await self._release_network(sb.id, sb.netns)
             await asyncio.to_thread(self.files.unmount_shm, sb.id)
             if sb.state is not PodState.NOTREADY or sb.ips:
+                first = sb.state is not PodState.NOTREADY
                 sb = self.store.update(sb.id, state=PodState.NOTREADY, ips=[])
+                if first:
+                    await self.ctx.nri.stop_pod(sb)
         return sb
 
     async def remove(self, ref: str) -> None:
@@ -422,16 +441,34 @@ class SandboxManager:
             sb = self.get(ref)
         except NotFound:
             return
-        await self.stop(sb.id)
+        sb = await self.stop(sb.id)
         async with self._lock(sb.id):
-            for c in self.store.list(kind="container", sandbox_id=sb.id):
-                with contextlib.suppress(NotFound):
-                    await self.runtime.remove(c.id, force=True)
+            for c in self.store.list_of(CriContainer, sandbox_id=sb.id):
+                await self._remove_container(sb, c)
             await self._remove_record(sb.id)
             await asyncio.to_thread(self.files.remove, sb.id)
             await asyncio.to_thread(netns.remove, self.userns_dir / sb.id)
         self._locks.pop(sb.id, None)
+        await self.ctx.nri.remove_pod(sb)
         log.info("pod sandbox %s removed", sb.id[:12])
+
+    async def remove_container(self, ref: str) -> None:
+        """RemoveContainer: stop if need be, remove; an unknown one is no error."""
+        try:
+            c = self.get_container(ref)
+            sb = self.store.get_as(c.sandbox_id, Sandbox)
+        except NotFound:
+            with contextlib.suppress(NotFound):  # a container whose pod is gone
+                await self.runtime.remove(ref, force=True)
+            return
+        await self._remove_container(sb, c)
+
+    async def _remove_container(self, sb: Sandbox, c: CriContainer) -> None:
+        with contextlib.suppress(NotFound):  # removed meanwhile
+            if c.status.can_stop:
+                c = self.store.get_as((await self.runtime.stop(c.id, 0)).id, CriContainer)
+            await self.runtime.remove(c.id, force=True)
+            await self.ctx.nri.remove_container(sb, c)
 
     # -- containers ---------------------------------------------------------
 
@@ -441,6 +478,7 @@ class SandboxManager:
         _check_meta(md.name, "container metadata name")
         if not config.image.image:
             raise InvalidArgument("container config has no image")
+        self.ctx.nri.require_plugins()
         async with self._lock(sb.id):
             sb = self.store.get_as(sb.id, Sandbox)
             self._require_ready(sb)
@@ -527,7 +565,12 @@ class SandboxManager:
                 cid=cid, cgroups=cgroups, restrict_oom=restrict, apparmor=apparmor,
             )  # fmt: skip
 
-        await self.runtime.create(record, build, image_ref=image.id)
+        async def adjust(c: Any) -> None:  # NRI plugins, before the bundle is written
+            await self.ctx.nri.create_container(sb, c)
+
+        async with self.ctx.nri.sync_blocked():
+            await self.runtime.create(record, build, image_ref=image.id, adjust=adjust)
+        await self.ctx.nri.post_create_container(sb, record)
         return record
 
     def _plan(
@@ -576,9 +619,11 @@ class SandboxManager:
             except NotFound:
                 raise FailedPrecondition(f"the pod of container {c.id[:12]} is gone") from None
             self._require_ready(sb)
+            await self.ctx.nri.start_container(sb, c)
             started = await self.runtime.start(c.id)
             assert isinstance(started, CriContainer)
-            return started
+        await self.ctx.nri.post_start_container(sb, started)
+        return started
 
     # -- restart ------------------------------------------------------------
 

@@ -112,6 +112,8 @@ class RuntimeManager:
             shims = LocalShims(zygote)
         # The only way to shim processes and runc (tests pass an in-memory fake).
         self.shims: ShimPort = shims
+        # Called (synchronously) with each record once its exit is stored.
+        self.exit_hooks: list[Callable[[Container], None]] = []
 
     # -- paths and helpers ---------------------------------------------------
 
@@ -147,9 +149,17 @@ class RuntimeManager:
     # -- create ----------------------------------------------------------------
 
     async def create(
-        self, record: Container, spec_builder: SpecBuilder, image_ref: str | None = None
+        self,
+        record: Container,
+        spec_builder: SpecBuilder,
+        image_ref: str | None = None,
+        adjust: Callable[[Container], Awaitable[None]] | None = None,
     ) -> Container:
-        """Prepare the rootfs and bundle and store the record (status created)."""
+        """Prepare the rootfs and bundle and store the record (status created).
+
+        adjust: awaited with the record once its spec is built, before the
+        bundle is written and the record stored (NRI plugins change it here).
+        """
         images = self.ctx.images
         image = images.store.get(image_ref or record.image)
         image_config = images.store.config(image).get("config") or {}
@@ -185,6 +195,8 @@ class RuntimeManager:
                     idmap.map_volumes, opts.mounts, self.idmap_dir(record.id), userns
                 )
             record.spec = build(opts)
+            if adjust is not None:
+                await adjust(record)
             set_console_size(record.spec["process"], record.console_size)
             write_bundle_config(task_dir, record.spec)
             record.status = Status.CREATED
@@ -395,6 +407,11 @@ class RuntimeManager:
         event.container = c
         event.set()
         self._publish("/tasks/exit", c, exit_code=c.exit_code, reason=c.reason)
+        for hook in self.exit_hooks:
+            try:
+                hook(c)
+            except Exception:
+                log.exception("exit hook for %s", c.id[:12])
         if c.auto_remove:
             self._spawn(self._auto_remove(c.id))
 

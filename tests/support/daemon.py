@@ -39,6 +39,11 @@ class PyctrDaemon:
         token = base.parent.name
         config.setdefault("runtime", {}).setdefault("cgroup_parent", cgroups.session_parent(token))
         config.setdefault("cri", {}).setdefault("cgroup_driver", cgroups.DRIVER)
+        # NRI on, as by default, but on the test's own socket and plugin dir.
+        nri = config.setdefault("nri", {})
+        nri.setdefault("socket_path", str(base / "nri" / "nri.sock"))
+        nri.setdefault("plugin_path", str(base / "nri" / "plugins"))
+        nri.setdefault("plugin_config_path", str(base / "nri" / "conf.d"))
         self.config_path.write_text(dump_toml(config))
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
