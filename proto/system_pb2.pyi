@@ -67,7 +67,7 @@ class ListNriPluginsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NriPlugin(_message.Message):
-    __slots__ = ("name", "index", "kind", "pid", "events", "connected_at", "synchronized")
+    __slots__ = ("name", "index", "kind", "pid", "events", "connected_at", "synchronized", "api")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class NriPlugin(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     SYNCHRONIZED_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
     name: str
     index: str
     kind: str
@@ -82,7 +83,8 @@ class NriPlugin(_message.Message):
     events: _containers.RepeatedScalarFieldContainer[str]
     connected_at: int
     synchronized: bool
-    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., kind: _Optional[str] = ..., pid: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., connected_at: _Optional[int] = ..., synchronized: _Optional[bool] = ...) -> None: ...
+    api: str
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., kind: _Optional[str] = ..., pid: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., connected_at: _Optional[int] = ..., synchronized: _Optional[bool] = ..., api: _Optional[str] = ...) -> None: ...
 
 class ListNriPluginsResponse(_message.Message):
     __slots__ = ("enabled", "socket", "plugins", "missing")

@@ -34,7 +34,7 @@ from pyctr.daemon.nri import adjust, convert
 from pyctr.daemon.nri.plugin import (
     INDEX_RE,
     NAME_RE,
-    RUNTIME_SERVICE,
+    RUNTIME_SERVICES,
     VALID_EVENTS,
     Plugin,
     PluginGone,
@@ -238,13 +238,14 @@ class Nri:
         pods = [convert.pod(sb) for sb in store.list_of(Sandbox)]
         containers = [convert.container(c) for c in store.list_of(CriContainer)]
         chunks: list[nri.SynchronizeRequest] = []
-        current = nri.SynchronizeRequest()
+        current, size = nri.SynchronizeRequest(), 0
         for kind, items in (("pods", pods), ("containers", containers)):
             for item in items:
                 getattr(current, kind).append(item)
-                if current.ByteSize() > SYNC_CHUNK_BYTES:
+                size += item.ByteSize() + 8  # the field's tag and length, at most
+                if size > SYNC_CHUNK_BYTES:
                     chunks.append(current)
-                    current = nri.SynchronizeRequest()
+                    current, size = nri.SynchronizeRequest(), 0
         chunks.append(current)
         for i, req in enumerate(chunks):
             req.more = i < len(chunks) - 1
@@ -259,11 +260,12 @@ class Nri:
         self, plugin: Plugin, service: str, method: str, payload: bytes
     ) -> bytes:
         """The Runtime service, as the plugin calls it."""
-        if service != RUNTIME_SERVICE:
+        api = RUNTIME_SERVICES.get(service)
+        if api is None:
             raise TtrpcError(12, f"unknown service {service[:100]!r}")
         if method == "RegisterPlugin":
             req = nri.RegisterPluginRequest.FromString(payload)
-            plugin.register(req)
+            plugin.register(req, api)
             return nri.Empty().SerializeToString()
         if method == "UpdateContainers":
             if not plugin.synchronized:
@@ -496,9 +498,17 @@ class Nri:
                 c = self.ctx.sandboxes.get_container(e.container_id)
             except NotFound:
                 continue
-            task = asyncio.ensure_future(self.ctx.runtime.stop(c.id, 0))
+            task = asyncio.ensure_future(self._stop_evicted(c.id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _stop_evicted(self, cid: str) -> None:
+        try:
+            await self.ctx.runtime.stop(cid, 0)
+        except NotFound:
+            pass
+        except Exception as e:
+            log.error("NRI: evicting %s: %s", cid[:12], e)
 
     # -- what `pyctr info` and `pyctr nri ls` show -------------------------------
 

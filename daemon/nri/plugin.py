@@ -31,8 +31,11 @@ from pyctr.proto import nri_pb2 as nri
 
 log = logging.getLogger("pyctr.nri")
 
-PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
-RUNTIME_SERVICE = "nri.pkg.api.v1alpha1.Runtime"
+# The API packages served: v1alpha1 (what the stub speaks) and v1beta1 (the
+# newer module's, the same messages and field numbers for what pyctr calls).
+# A plugin is called in the package it registered with.
+API_PACKAGES = ("nri.pkg.api.v1alpha1", "nri.pkg.api.v1beta1")
+RUNTIME_SERVICES = {f"{api}.Runtime": api for api in API_PACKAGES}
 # Every event a plugin may subscribe to: bit (event - 1) of the mask.
 VALID_EVENTS = (1 << (nri.LAST - 1)) - 1
 INDEX_RE = re.compile(r"^[0-9]{2}$")
@@ -69,6 +72,7 @@ class Plugin:
         self.config = ""
         self.connected_at = time.time_ns()
         self.registered = asyncio.get_running_loop().create_future()
+        self.api = API_PACKAGES[0]
         self.synchronized = False
 
     @property
@@ -82,10 +86,12 @@ class Plugin:
     def subscribed(self, event: int) -> bool:
         return bool(self.events & event_bit(event))
 
-    def register(self, req: nri.RegisterPluginRequest) -> None:
-        """RegisterPlugin from the plugin: check and take its identity."""
+    def register(self, req: nri.RegisterPluginRequest, api: str) -> None:
+        """RegisterPlugin from the plugin (in API package `api`): check and
+        take its identity."""
         if self.registered.done():
             raise TtrpcError(9, "plugin already registered")  # FAILED_PRECONDITION
+        self.api = api
         if self.external:
             why = ""
             if not NAME_RE.match(req.plugin_name):
@@ -107,7 +113,7 @@ class Plugin:
         """Call the plugin; PluginGone (and disconnected) if it does not answer in time."""
         try:
             data = await self.conn.call(
-                PLUGIN_SERVICE, method, request.SerializeToString(), timeout
+                f"{self.api}.Plugin", method, request.SerializeToString(), timeout
             )
         except TtrpcError as e:
             raise FailedPrecondition(
@@ -150,6 +156,7 @@ class Plugin:
             "kind": "external" if self.external else "launched",
             "pid": self.pid or self.conn.peer_pid or 0,
             "events": event_names(self.events),
+            "api": self.api.rsplit(".", 1)[-1],
             "connected_at": self.connected_at,
             "synchronized": self.synchronized,
         }

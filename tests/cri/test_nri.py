@@ -9,6 +9,7 @@ side is the real CRI, runc, kernel and CNI of tests/cri.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import uuid
@@ -462,3 +463,46 @@ def test_installed_plugins_start_with_the_daemon(
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists()
     assert nri_ls(cri_env)["plugins"] == []
+
+
+def test_a_silent_connection_is_dropped_after_the_registration_timeout(cri_env: CriEnv) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(socket_of(cri_env))
+        s.settimeout(scaled(20))
+        t0 = time.monotonic()
+        assert s.recv(1) == b""  # hung up on, nothing sent
+        assert time.monotonic() - t0 >= 4.5  # plugin_registration_timeout, 5 s
+    finally:
+        s.close()
+    assert "did not register in time" in cri_env.daemon.log()
+
+
+def test_nri_off(cri_env: CriEnv, kube: Kubelet, restore_config: None) -> None:
+    _reconfigure(cri_env, enable=False)
+    assert nri_ls(cri_env) == {"enabled": False, "socket": "", "plugins": [], "missing": []}
+    assert not Path(socket_of(cri_env)).exists()
+    assert "nri:" in cri_env.daemon.ctl("info").stdout
+    config = kube.pod_config("nri-off")
+    pod_id = kube.run_pod(config)
+    cid = kube.run(pod_id, config, "app")
+    assert kube.status(cid).state == cri.CONTAINER_RUNNING
+
+
+def test_a_plugin_of_the_v1beta1_api(cri_env: CriEnv, kube: Kubelet, plugins: list[Plugin]) -> None:
+    def adjust(req: Any) -> nri.CreateContainerResponse:
+        a = nri.ContainerAdjustment()
+        a.annotations["example.com/api"] = "v1beta1"
+        return nri.CreateContainerResponse(adjust=a)
+
+    p = connect(cri_env, plugins, "beta", api="nri.pkg.api.v1beta1",
+                events=["CREATE_CONTAINER", "POST_START_CONTAINER"])  # fmt: skip
+    p.handlers["CreateContainer"] = adjust
+    p.start()
+    (entry,) = nri_ls(cri_env)["plugins"]
+    assert entry["api"] == "v1beta1"
+    config = kube.pod_config("nri-beta")
+    pod_id = kube.run_pod(config)
+    cid = kube.run(pod_id, config, "app")
+    assert spec_of(kube, cid)["annotations"]["example.com/api"] == "v1beta1"
+    p.wait_for(lambda: "PostStartContainer" in p.events_for(cid))

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,10 @@ def daemon_on(env: CriEnv, base: Path, pythonpath: str | None) -> Iterator[Pyctr
         }
     }
     d = PyctrDaemon(base, dump_toml(config))
+    if pythonpath is not None:  # the previous release has no [nri] section
+        written = tomllib.loads(d.config_path.read_text())
+        written.pop("nri", None)
+        d.config_path.write_text(dump_toml(written))
     saved = os.environ.get("PYTHONPATH")
     if pythonpath is not None:
         os.environ["PYTHONPATH"] = pythonpath  # the daemon and its shims inherit it

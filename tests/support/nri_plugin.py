@@ -332,9 +332,13 @@ class Plugin:
         idx: str = "10",
         events: Iterable[str | int] = LIFECYCLE_EVENTS,
         fd: int | None = None,
+        api: str = "nri.pkg.api.v1alpha1",
     ) -> None:
         self.name = name
         self.idx = idx
+        # The API package spoken: v1alpha1 (the stub's default) or v1beta1.
+        self.plugin_service = f"{api}.Plugin"
+        self.runtime_service = f"{api}.Runtime"
         self.events = event_mask(events)
         if fd is None and socket_path is None and os.environ.get(ENV_PLUGIN_SOCKET):
             fd = int(os.environ[ENV_PLUGIN_SOCKET])
@@ -533,9 +537,10 @@ class Plugin:
         request: Message,
         response_type: type[Message],
         timeout: float = 10.0,
-        service: str = RUNTIME_SERVICE,
+        service: str | None = None,
     ) -> Any:
         """One unary ttrpc call on the runtime connection; RuntimeCallError on an error status."""
+        service = service or self.runtime_service
         call = _Call()
         with self._cond:
             if self.closed.is_set() or self._sock is None:
@@ -685,7 +690,7 @@ class Plugin:
             self._protocol_error(f"undecodable ttrpc request on stream {stream_id}: {exc}")
             self._reply(stream_id, code=INVALID_ARGUMENT, message="bad request")
             return
-        if req.service != PLUGIN_SERVICE:
+        if req.service != self.plugin_service:
             self._reply(stream_id, code=UNIMPLEMENTED, message=f"service {req.service}")
             return
         if req.method not in self.methods:
