@@ -27,6 +27,7 @@ from pyctr.daemon.errors import (
 )
 from pyctr.daemon.events import Event
 from pyctr.daemon.pods.updates import update_container_resources
+from pyctr.daemon.runtime.checkpoint import checkpoint_container
 from pyctr.daemon.runtime.records import Container, CriContainer, Sandbox
 from pyctr.daemon.spec.oci import exec_process
 from pyctr.proto import cri_pb2 as cri
@@ -121,6 +122,13 @@ class ContainerRpcs:
             return cri.UpdateContainerResourcesResponse()
         await update_container_resources(self.ctx, c.id, request.linux)
         return cri.UpdateContainerResourcesResponse()
+
+    async def CheckpointContainer(  # noqa: N802
+        self, request: cri.CheckpointContainerRequest, context: grpc.aio.ServicerContext
+    ) -> cri.CheckpointContainerResponse:
+        c = self.ctx.sandboxes.get_container(request.container_id)
+        await checkpoint_container(self.ctx, c, request.location, float(max(0, request.timeout)))
+        return cri.CheckpointContainerResponse()
 
     async def ReopenContainerLog(  # noqa: N802
         self, request: cri.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
