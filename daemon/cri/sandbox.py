@@ -20,6 +20,7 @@ from pyctr.daemon.context import Context
 from pyctr.daemon.cri import convert
 from pyctr.daemon.errors import InvalidArgument, NotFound
 from pyctr.daemon.runtime.records import CriContainer, Sandbox
+from pyctr.daemon.spec.cri import oci_resources
 from pyctr.proto import cri_pb2 as cri
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,13 @@ class SandboxRpcs:
         self, request: cri.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext
     ) -> cri.UpdatePodSandboxResourcesResponse:
         # The kubelet owns and has already resized the pod cgroup; the
-        # runtime only has to know the pod exists (no per-pod hooks here).
-        self.ctx.sandboxes.get(request.pod_sandbox_id)
+        # runtime tells NRI plugins, which may refuse.
+        sb = self.ctx.sandboxes.get(request.pod_sandbox_id)
+        v2 = self.ctx.cgroups.v2
+        overhead = oci_resources(request.overhead, v2) if request.HasField("overhead") else {}
+        resources = oci_resources(request.resources, v2) if request.HasField("resources") else {}
+        await self.ctx.nri.update_pod(sb, overhead, resources)
+        await self.ctx.nri.post_update_pod(sb)
         return cri.UpdatePodSandboxResourcesResponse()
 
     # -- runtime settings ----------------------------------------------------

@@ -37,6 +37,7 @@ from pyctr.daemon.nri.plugin import (
     RUNTIME_SERVICES,
     VALID_EVENTS,
     Plugin,
+    PluginFailed,
     PluginGone,
 )
 from pyctr.daemon.nri.ttrpc import Connection, TtrpcError
@@ -350,6 +351,33 @@ class Nri:
 
     async def run_pod(self, sb: Sandbox) -> None:
         await self._state_change(nri.RUN_POD_SANDBOX, sb, None, blocking=True)
+
+    async def update_pod(
+        self, sb: Sandbox, overhead: dict[str, Any], resources: dict[str, Any]
+    ) -> None:
+        """UpdatePodSandboxResources: the plugins may refuse it (the kubelet has
+        resized the pod cgroup already; this tells them the new sizes)."""
+        if not self._subscribed(nri.UPDATE_POD_SANDBOX):
+            return
+        async with self._events:
+            req = nri.UpdatePodSandboxRequest(
+                pod=convert.pod(sb),
+                overhead_linux_resources=convert.resources(overhead),
+                linux_resources=convert.resources(resources),
+            )
+            for p in self._subscribed(nri.UPDATE_POD_SANDBOX):
+                try:
+                    await p.call(
+                        "UpdatePodSandbox", req, nri.UpdatePodSandboxResponse, self.timeout
+                    )
+                except PluginGone:
+                    continue
+                except PluginFailed as e:
+                    if e.status != 12:  # UNIMPLEMENTED: a stub older than the event
+                        raise
+
+    async def post_update_pod(self, sb: Sandbox) -> None:
+        await self._state_change(nri.POST_UPDATE_POD_SANDBOX, sb, None, blocking=False)
 
     async def stop_pod(self, sb: Sandbox) -> None:
         await self._state_change(nri.STOP_POD_SANDBOX, sb, None, blocking=False)

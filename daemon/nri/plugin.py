@@ -44,6 +44,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 M = TypeVar("M", bound=Message)
 
 
+class PluginFailed(FailedPrecondition):
+    """The plugin answered an error status (`code`, a gRPC code)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status = code
+
+
 class PluginGone(Exception):
     """The plugin timed out or its connection broke; it has been disconnected."""
 

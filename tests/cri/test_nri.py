@@ -506,3 +506,30 @@ def test_a_plugin_of_the_v1beta1_api(cri_env: CriEnv, kube: Kubelet, plugins: li
     cid = kube.run(pod_id, config, "app")
     assert spec_of(kube, cid)["annotations"]["example.com/api"] == "v1beta1"
     p.wait_for(lambda: "PostStartContainer" in p.events_for(cid))
+
+
+def test_pod_resizes_reach_plugins(cri_env: CriEnv, kube: Kubelet, plugins: list[Plugin]) -> None:
+    refuse = threading.Event()
+
+    def check(req: Any) -> nri.UpdatePodSandboxResponse:
+        if refuse.is_set():
+            raise PluginError(8, "no room on this node")
+        return nri.UpdatePodSandboxResponse()
+
+    p = connect(cri_env, plugins, "sizer", events=["UPDATE_POD_SANDBOX", "POST_UPDATE_POD_SANDBOX"])
+    p.handlers["UpdatePodSandbox"] = check
+    p.start()
+    pod_id = kube.run_pod(kube.pod_config("nri-resize"))
+    req = cri.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=pod_id, resources=cri.LinuxContainerResources(cpu_shares=300)
+    )
+    kube.rt.UpdatePodSandboxResources(req, timeout=30)
+    p.wait_for(lambda: "PostUpdatePodSandbox" in p.events_for(pod_id))
+    assert p.events_for(pod_id) == ["UpdatePodSandbox", "PostUpdatePodSandbox"]
+    upd = next(m for n, m in p.received if n == "UpdatePodSandbox")
+    assert upd.pod.id == pod_id and upd.linux_resources.cpu.shares.value == 300
+    refuse.set()
+    with pytest.raises(grpc.RpcError) as e:
+        kube.rt.UpdatePodSandboxResources(req, timeout=30)
+    assert code_of(e.value) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no room" in e.value.details()
