@@ -43,14 +43,7 @@ def apply(spec: dict[str, Any], adj: nri.ContainerAdjustment, plugin: str, owner
     _refuse_unsupported(adj, plugin)
     process = spec.setdefault("process", {})
     linux = spec.setdefault("linux", {})
-    for key, value in adj.annotations.items():
-        name, remove = _removal(key)
-        owners.claim(f"annotation {name}", plugin)
-        annotations = spec.setdefault("annotations", {})
-        if remove:
-            annotations.pop(name, None)
-        else:
-            annotations[name] = value
+    _adjust_map(spec, "annotations", adj.annotations, "annotation", plugin, owners)
     for m in adj.mounts:
         dest, remove = _removal(m.destination)
         if not dest.startswith("/"):
@@ -138,14 +131,21 @@ def _apply_linux(
         if not remove:
             namespaces.append({"type": kind, **({"path": ns.path} if ns.path else {})})
         linux["namespaces"] = namespaces
-    for key, value in adj.sysctl.items():
-        name, remove = _removal(key)
-        owners.claim(f"sysctl {name}", plugin)
-        sysctl = linux.setdefault("sysctl", {})
+    _adjust_map(linux, "sysctl", adj.sysctl, "sysctl", plugin, owners)
+
+
+def _adjust_map(
+    parent: dict[str, Any], key: str, changes: Any, what: str, plugin: str, owners: Owners
+) -> None:
+    """Set or ("-name") remove entries of the map parent[key]."""
+    for name, value in changes.items():
+        name, remove = _removal(name)
+        owners.claim(f"{what} {name}", plugin)
+        target = parent.setdefault(key, {})
         if remove:
-            sysctl.pop(name, None)
+            target.pop(name, None)
         else:
-            sysctl[name] = value
+            target[name] = value
 
 
 def _refuse_unsupported(adj: nri.ContainerAdjustment, plugin: str) -> None:
