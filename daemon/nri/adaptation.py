@@ -386,14 +386,20 @@ class Nri:
         await self._state_change(nri.REMOVE_POD_SANDBOX, sb, None, blocking=False)
 
     async def create_container(self, sb: Sandbox, c: CriContainer) -> None:
-        """Let the plugins adjust c.spec (in place) before runc sees it; apply
-        the updates and evictions of other containers they ask for."""
-        if not self._subscribed(nri.CREATE_CONTAINER):
+        """Let the plugins adjust c.spec (in place) before runc sees it, the
+        validators check the result, then apply the updates and evictions of
+        other containers the plugins asked for."""
+        adjusters = self._subscribed(nri.CREATE_CONTAINER)
+        validators = self._subscribed(nri.VALIDATE_CONTAINER_ADJUSTMENT)
+        if not adjusters and not validators:
             return
         async with self._events:
             owners = adjust.Owners()
             pod = convert.pod(sb)
-            for p in self._subscribed(nri.CREATE_CONTAINER):
+            pristine = convert.container(c)
+            merged = nri.ContainerAdjustment()
+            asked: list[tuple[Plugin, nri.CreateContainerResponse]] = []
+            for p in adjusters:
                 req = nri.CreateContainerRequest(pod=pod, container=convert.container(c))
                 try:
                     reply = await p.call(
@@ -403,11 +409,45 @@ class Nri:
                     continue
                 if reply.HasField("adjust"):
                     adjust.apply(c.spec, reply.adjust, p.full_name, owners)
+                    merged.MergeFrom(reply.adjust)
+                asked.append((p, reply))
+            if validators:
+                await self._validate(pod, pristine, merged, owners, asked, validators)
+            for p, reply in asked:
                 failed = await self._apply_updates(p, reply.update)
                 if failed:
                     names = ", ".join(u.container_id[:12] for u in failed)
                     raise Unavailable(f"NRI plugin {p.full_name}: updating {names} failed")
                 await self._evict(p, reply.evict)
+
+    async def _validate(
+        self,
+        pod: nri.PodSandbox,
+        pristine: nri.Container,
+        merged: nri.ContainerAdjustment,
+        owners: adjust.Owners,
+        asked: list[tuple[Plugin, nri.CreateContainerResponse]],
+        validators: list[Plugin],
+    ) -> None:
+        """ValidateContainerAdjustment: any validator may reject the whole result."""
+        req = nri.ValidateContainerAdjustmentRequest(
+            pod=pod, container=pristine, adjust=merged,
+            update=[u for _, reply in asked for u in reply.update],
+            owners=owners.to_proto(pristine.id),
+            plugins=[nri.PluginInstance(name=p.name, index=p.idx) for p, _ in asked],
+        )  # fmt: skip
+        for v in validators:
+            try:
+                answer = await v.call(
+                    "ValidateContainerAdjustment", req,
+                    nri.ValidateContainerAdjustmentResponse, self.timeout,
+                )  # fmt: skip
+            except PluginGone:
+                continue
+            if answer.reject:
+                raise FailedPrecondition(
+                    f"NRI plugin {v.full_name} rejected the adjustments: {answer.reason[:1000]}"
+                )
 
     async def post_create_container(self, sb: Sandbox, c: Container) -> None:
         await self._state_change(nri.POST_CREATE_CONTAINER, sb, c, blocking=False)

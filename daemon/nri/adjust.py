@@ -21,17 +21,46 @@ from pyctr.daemon.errors import FailedPrecondition, InvalidArgument
 from pyctr.daemon.nri import convert
 from pyctr.proto import nri_pb2 as nri
 
+# NRI's Field enum (pkg/api/api.proto): the numbers validators see ownership by.
+FIELDS = {
+    "annotation": 1, "mount": 2, "hooks": 3, "device": 4, "env": 6, "args": 7,
+    "resources memory.limit": 8, "resources memory.reservation": 9, "resources memory.swap": 10,
+    "resources memory.kernel": 11, "resources memory.kernelTCP": 12,
+    "resources memory.swappiness": 13, "resources memory.disableOOMKiller": 14,
+    "resources memory.useHierarchy": 15, "resources cpu.shares": 16, "resources cpu.quota": 17,
+    "resources cpu.period": 18, "resources cpu.realtimeRuntime": 19,
+    "resources cpu.realtimePeriod": 20, "resources cpu.cpus": 21, "resources cpu.mems": 22,
+    "resources pids.limit": 23, "resources hugepageLimits": 24, "resources unified": 27,
+    "oom_score_adj": 29, "rlimit": 30, "namespace": 33, "sysctl": 34,
+}  # fmt: skip
+
 
 class Owners:
-    """Which plugin set which field of one container."""
+    """Which plugin set which field (and which entry of a map or list field)."""
 
     def __init__(self) -> None:
-        self._owner: dict[str, str] = {}
+        self._owner: dict[tuple[str, str | None], str] = {}
 
-    def claim(self, field: str, plugin: str) -> None:
-        other = self._owner.setdefault(field, plugin)
+    def claim(self, field: str, key: str | None, plugin: str) -> None:
+        other = self._owner.setdefault((field, key), plugin)
         if other != plugin:
-            raise FailedPrecondition(f"NRI plugins {other} and {plugin} both adjust {field}")
+            what = f"{field} {key}" if key is not None else field
+            raise FailedPrecondition(f"NRI plugins {other} and {plugin} both adjust {what}")
+
+    def note(self, field: str, plugin: str) -> None:
+        """A field plugins add to together (hooks): the last one is named."""
+        self._owner[(field, None)] = plugin
+
+    def to_proto(self, cid: str) -> nri.OwningPlugins:
+        out = nri.OwningPlugins()
+        owners = out.owners[cid]
+        for (field, key), plugin in self._owner.items():
+            number = FIELDS[field]
+            if key is None:
+                owners.simple[number] = plugin
+            else:
+                owners.compound[number].owners[key] = plugin
+        return out
 
 
 def _removal(key: str) -> tuple[str, bool]:
@@ -50,7 +79,7 @@ def apply(spec: dict[str, Any], adj: nri.ContainerAdjustment, plugin: str, owner
             raise InvalidArgument(
                 f"NRI plugin {plugin}: mount destination {dest!r} is not absolute"
             )
-        owners.claim(f"mount {dest}", plugin)
+        owners.claim("mount", dest, plugin)
         mounts = [x for x in spec.get("mounts") or [] if x.get("destination") != dest]
         if not remove:
             mounts.append(
@@ -60,7 +89,7 @@ def apply(spec: dict[str, Any], adj: nri.ContainerAdjustment, plugin: str, owner
         spec["mounts"] = mounts
     for kv in adj.env:
         name, remove = _removal(kv.key)
-        owners.claim(f"env {name}", plugin)
+        owners.claim("env", name, plugin)
         env = [e for e in process.get("env") or [] if e.split("=", 1)[0] != name]
         if not remove:
             env.append(f"{name}={kv.value}")
@@ -72,14 +101,15 @@ def apply(spec: dict[str, Any], adj: nri.ContainerAdjustment, plugin: str, owner
                 hook: dict[str, Any] = {"path": h.path, "args": list(h.args), "env": list(h.env)}
                 if h.HasField("timeout"):
                     hook["timeout"] = h.timeout.value
-                hooks.setdefault(kind, []).append(hook)  # hooks add up: no owner
+                hooks.setdefault(kind, []).append(hook)  # hooks add up: no conflict
+                owners.note("hooks", plugin)
     for r in adj.rlimits:
-        owners.claim(f"rlimit {r.type}", plugin)
+        owners.claim("rlimit", r.type, plugin)
         rlimits = [x for x in process.get("rlimits") or [] if x.get("type") != r.type]
         rlimits.append({"type": r.type, "hard": r.hard, "soft": r.soft})
         process["rlimits"] = rlimits
     if adj.args:
-        owners.claim("args", plugin)
+        owners.claim("args", None, plugin)
         process["args"] = list(adj.args)
     if adj.HasField("linux"):
         _apply_linux(linux, process, adj.linux, plugin, owners)
@@ -95,7 +125,7 @@ def _apply_linux(
     resources = linux.setdefault("resources", {})
     for d in adj.devices:
         path, remove = _removal(d.path)
-        owners.claim(f"device {path}", plugin)
+        owners.claim("device", path, plugin)
         devices = [x for x in linux.get("devices") or [] if x.get("path") != path]
         if not remove:
             if d.type not in ("c", "b", "u", "p"):
@@ -117,16 +147,22 @@ def _apply_linux(
     if adj.HasField("resources"):
         change = convert.oci_resources(adj.resources)
         for key, value in change.items():
-            fields = value if isinstance(value, dict) else {"": value}
-            for sub in fields:
-                owners.claim(f"resources {key}{'.' + sub if sub else ''}", plugin)
+            if key == "unified":
+                for name in value:
+                    owners.claim("resources unified", name, plugin)
+            elif key == "hugepageLimits":
+                for h in value:
+                    owners.claim("resources hugepageLimits", h["pageSize"], plugin)
+            else:
+                for sub in value:
+                    owners.claim(f"resources {key}.{sub}", None, plugin)
         linux["resources"] = convert.merge_resources(resources, change)
     if adj.HasField("oom_score_adj"):
-        owners.claim("oom_score_adj", plugin)
+        owners.claim("oom_score_adj", None, plugin)
         process["oomScoreAdj"] = adj.oom_score_adj.value
     for ns in adj.namespaces:
         kind, remove = _removal(ns.type)
-        owners.claim(f"namespace {kind}", plugin)
+        owners.claim("namespace", kind, plugin)
         namespaces = [x for x in linux.get("namespaces") or [] if x.get("type") != kind]
         if not remove:
             namespaces.append({"type": kind, **({"path": ns.path} if ns.path else {})})
@@ -140,7 +176,7 @@ def _adjust_map(
     """Set or ("-name") remove entries of the map parent[key]."""
     for name, value in changes.items():
         name, remove = _removal(name)
-        owners.claim(f"{what} {name}", plugin)
+        owners.claim(what, name, plugin)
         target = parent.setdefault(key, {})
         if remove:
             target.pop(name, None)

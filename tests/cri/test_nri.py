@@ -148,7 +148,9 @@ def test_adjustments_reach_runc(
     assert "FROM_PLUGIN=yes" in env and "DROP_ME" not in env
     assert kube.sh(cid, f"{BB} cat /plugin/note") == "mounted by a plugin\n"
     assert "Read-only" in kube.exec(cid, [BB, "touch", "/plugin/x"]).stderr.decode()
-    assert kube.sh(cid, "ulimit -Sn; ulimit -Hn").split() == ["1234", "4321"]
+    limits = kube.sh(cid, f"{BB} cat /proc/self/limits")
+    (nofile,) = [line.split()[3:5] for line in limits.splitlines() if "open files" in line]
+    assert nofile == ["1234", "4321"]
     assert kube.sh(cid, f"{BB} cat /proc/self/oom_score_adj").strip() == "789"
     limit = kube.sh(
         cid,
@@ -533,3 +535,46 @@ def test_pod_resizes_reach_plugins(cri_env: CriEnv, kube: Kubelet, plugins: list
         kube.rt.UpdatePodSandboxResources(req, timeout=30)
     assert code_of(e.value) == grpc.StatusCode.FAILED_PRECONDITION
     assert "no room" in e.value.details()
+
+
+def test_validators_see_the_result_and_may_reject_it(
+    cri_env: CriEnv, kube: Kubelet, plugins: list[Plugin]
+) -> None:
+    value = {"v": "forbidden"}
+
+    def adjust(req: Any) -> nri.CreateContainerResponse:
+        a = nri.ContainerAdjustment()
+        a.env.add(key="MODE", value=value["v"])
+        a.linux.resources.memory.limit.value = 64 << 20
+        return nri.CreateContainerResponse(adjust=a)
+
+    def validate(req: Any) -> nri.ValidateContainerAdjustmentResponse:
+        if any(kv.value == "forbidden" for kv in req.adjust.env):
+            return nri.ValidateContainerAdjustmentResponse(reject=True, reason="MODE=forbidden")
+        return nri.ValidateContainerAdjustmentResponse()
+
+    adjuster = connect(cri_env, plugins, "adjuster", "10", events=["CREATE_CONTAINER"])
+    adjuster.handlers["CreateContainer"] = adjust
+    validator = connect(cri_env, plugins, "policy", "90", events=["VALIDATE_CONTAINER_ADJUSTMENT"])
+    validator.handlers["ValidateContainerAdjustment"] = validate
+    adjuster.start()
+    validator.start()
+    config = kube.pod_config("nri-validate")
+    pod_id = kube.run_pod(config)
+    kube.pull(cri_env.app_ref)
+    with pytest.raises(grpc.RpcError) as e:
+        kube.create(pod_id, config, kube.container_config("app"))
+    assert code_of(e.value) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "90-policy" in e.value.details() and "MODE=forbidden" in e.value.details()
+    assert names_in_pod(kube, pod_id) == []
+    req = next(m for n, m in validator.received if n == "ValidateContainerAdjustment")
+    assert not any(e.startswith("MODE=") for e in req.container.env)  # pristine
+    (owned,) = req.owners.owners.values()
+    assert owned.compound[6].owners["MODE"] == "10-adjuster"  # Field Env
+    assert owned.simple[8] == "10-adjuster"  # Field MemLimit
+    assert [(p.index, p.name) for p in req.plugins] == [("10", "adjuster")]
+
+    value["v"] = "fine"
+    cid = kube.create(pod_id, config, kube.container_config("app"))
+    kube.start(cid)
+    assert "MODE=fine" in kube.sh(cid, f"{BB} env")
