@@ -87,13 +87,15 @@ class NriPlugin(_message.Message):
     def __init__(self, name: _Optional[str] = ..., index: _Optional[str] = ..., kind: _Optional[str] = ..., pid: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., connected_at: _Optional[int] = ..., synchronized: _Optional[bool] = ..., api: _Optional[str] = ...) -> None: ...
 
 class ListNriPluginsResponse(_message.Message):
-    __slots__ = ("enabled", "socket", "plugins", "missing")
+    __slots__ = ("enabled", "socket", "plugins", "missing", "socket_error")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_ERROR_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     socket: str
     plugins: _containers.RepeatedCompositeFieldContainer[NriPlugin]
     missing: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, enabled: _Optional[bool] = ..., socket: _Optional[str] = ..., plugins: _Optional[_Iterable[_Union[NriPlugin, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+    socket_error: str
+    def __init__(self, enabled: _Optional[bool] = ..., socket: _Optional[str] = ..., plugins: _Optional[_Iterable[_Union[NriPlugin, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ..., socket_error: _Optional[str] = ...) -> None: ...

@@ -71,6 +71,7 @@ class SystemService(system_pb2_grpc.SystemServicer):
             socket=info["socket"],
             plugins=[pb.NriPlugin(**p) for p in info["plugins"]],
             missing=info["missing"],
+            socket_error=info["socket_error"],
         )
 
 
@@ -79,7 +80,10 @@ def nri_feature(ctx: Context) -> pb.Feature:
     if not info["enabled"]:
         return pb.Feature(name="nri", value="no", detail="disabled in the config ([nri] enable)")
     names = [f"{p['index']}-{p['name']}" for p in info["plugins"] if p["synchronized"]]
-    where = f"socket {info['socket']}" if info["socket"] else "no socket (disable_connections)"
+    if info["socket"]:
+        where = f"socket {info['socket']}"
+    else:
+        where = f"no socket: {info['socket_error'] or 'disable_connections'}"
     detail = f"{where}; plugins: {', '.join(names) or 'none'}"
     if info["missing"]:
         detail += f"; required, not connected: {', '.join(info['missing'])}"

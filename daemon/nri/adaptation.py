@@ -71,6 +71,7 @@ class Nri:
         self._syncing = 0
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.socket_error = ""  # why the socket is not served, if it is not
         self._stopped: set[str] = set()  # containers whose StopContainer is sent or going
         self._stopping: dict[str, asyncio.Task[None]] = {}  # sent on exit, in the background
 
@@ -80,7 +81,15 @@ class Nri:
         if not self.enabled:
             return
         if not self.config.disable_connections:
-            await self._listen()
+            try:
+                await self._listen()
+            except Unavailable as e:
+                # Another runtime's NRI (containerd on the same node, say): run
+                # without the socket, unless plugins are required to run pods.
+                if self.config.required_plugins:
+                    raise
+                self.socket_error = str(e)
+                log.error("NRI: %s; external plugins cannot connect", e)
         await self._launch_installed()
 
     async def _listen(self) -> None:
@@ -585,6 +594,7 @@ class Nri:
             "enabled": self.enabled,
             "socket": str(self.socket_path) if self.enabled and self._server else "",
             "missing": self.missing_plugins(),
+            "socket_error": self.socket_error,
             "plugins": [
                 p.info()
                 for p in sorted(self._connected, key=lambda p: p.sort_key)

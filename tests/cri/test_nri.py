@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from pyctr.proto import cri_pb2 as cri
 from pyctr.proto import nri_pb2 as nri
 from tests.cri.conftest import BB, CriEnv, Kubelet, code_of
-from tests.support.daemon import dump_toml
+from tests.support.daemon import DaemonError, dump_toml
 from tests.support.nri_plugin import Plugin, PluginError
 from tests.support.timing import scaled
 
@@ -392,8 +393,6 @@ def test_plugin_updates_and_evicts(cri_env: CriEnv, kube: Kubelet, plugins: list
 
 
 def _reconfigure(env: CriEnv, **nri_keys: Any) -> None:
-    import tomllib
-
     config = tomllib.loads(env.daemon.config_path.read_text())
     config["nri"].update(nri_keys)
     env.daemon.config_path.write_text(dump_toml(config))
@@ -482,7 +481,9 @@ def test_a_silent_connection_is_dropped_after_the_registration_timeout(cri_env: 
 
 def test_nri_off(cri_env: CriEnv, kube: Kubelet, restore_config: None) -> None:
     _reconfigure(cri_env, enable=False)
-    assert nri_ls(cri_env) == {"enabled": False, "socket": "", "plugins": [], "missing": []}
+    assert nri_ls(cri_env) == {
+        "enabled": False, "socket": "", "plugins": [], "missing": [], "socket_error": ""
+    }  # fmt: skip
     assert not Path(socket_of(cri_env)).exists()
     assert "nri:" in cri_env.daemon.ctl("info").stdout
     config = kube.pod_config("nri-off")
@@ -578,3 +579,30 @@ def test_validators_see_the_result_and_may_reject_it(
     cid = kube.create(pod_id, config, kube.container_config("app"))
     kube.start(cid)
     assert "MODE=fine" in kube.sh(cid, f"{BB} env")
+
+
+def test_a_socket_another_runtime_serves_is_left_alone(
+    cri_env: CriEnv, kube: Kubelet, restore_config: None
+) -> None:
+    cri_env.daemon.stop()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(socket_of(cri_env))  # as containerd's NRI would hold it
+        other.listen()
+        cri_env.restart()
+        listed = nri_ls(cri_env)
+        assert listed["enabled"] and listed["socket"] == ""
+        assert "served by another process" in listed["socket_error"]
+        assert "no socket" in cri_env.daemon.ctl("info").stdout
+        pod_id = kube.run_pod(kube.pod_config("nri-other-runtime"))
+        assert kube.pod_status(pod_id).state == cri.SANDBOX_READY
+        # Plugins required: the daemon must not run pods without them.
+        config = tomllib.loads(cri_env.daemon.config_path.read_text())
+        config["nri"]["required_plugins"] = ["10-needed"]
+        cri_env.daemon.config_path.write_text(dump_toml(config))
+        with pytest.raises(DaemonError) as e:
+            cri_env.restart()
+        assert "served by another process" in str(e.value)
+    finally:
+        other.close()
+        Path(socket_of(cri_env)).unlink(missing_ok=True)
