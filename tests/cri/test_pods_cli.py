@@ -9,6 +9,7 @@ import pytest
 
 from pyctr.proto import cri_pb2 as cri
 from tests.cri.conftest import BB, CriEnv, Kubelet
+from tests.support.timing import scaled
 
 pytestmark = pytest.mark.root
 
@@ -84,9 +85,15 @@ def test_top_shows_cpu_memory_and_io(cri_env: CriEnv, kube: Kubelet) -> None:
     idle = kube.run(pod_id, config, "idle")
     writer = kube.run(
         pod_id, config, "writer",
-        [BB, "sh", "-c", "while :; do dd if=/dev/zero of=/f bs=64k count=64 conv=fsync "
-                         "2>/dev/null; sleep 0.1; done"],
+        [BB, "sh", "-c", "dd if=/dev/zero of=/f.tmp bs=64k count=64 conv=fsync 2>/dev/null;"
+                         " mv /f.tmp /f; while :; do dd if=/dev/zero of=/g bs=64k count=4"
+                         " conv=fsync 2>/dev/null; sleep 0.1; done"],
     )  # fmt: skip
+    # 4 MiB written once, then small writes: under emulation the first take a while.
+    deadline = time.monotonic() + scaled(30)
+    while int(kube.sh(writer, f"{BB} stat -c %s /f 2>/dev/null || echo 0") or 0) < 4 << 20:
+        assert time.monotonic() < deadline, "the writer never wrote its 4 MiB"
+        time.sleep(0.2)
     out = cri_env.daemon.ctl("-o", "json", "top", "--interval", "1.5", "-n", "default")
     assert out.returncode == 0, out.stderr
     found = {r["id"]: r for r in json.loads(out.stdout)}
