@@ -3,7 +3,8 @@
     GET http://127.0.0.1:1338/metrics
 
 Per-RPC latency and outcome, pulls (per layer bytes and seconds), garbage
-collection, and the containers, pods and shims the daemon keeps, counted at
+collection, NRI plugin calls (by plugin, method, result) and plugins
+connected, and the containers, pods and shims the daemon keeps, counted at
 scrape time from the records (no bookkeeping on the hot path but one
 histogram observation per call). Names and labels follow Prometheus'
 conventions: a `pyctr_` prefix, base units (seconds, bytes), `_total` for
@@ -71,6 +72,19 @@ GC_SECONDS = Histogram(
     "pyctr_gc_duration_seconds", "Time one garbage collection took.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60), registry=REGISTRY,
 )  # fmt: skip
+NRI_CALLS = Counter(
+    "pyctr_nri_plugin_requests_total",
+    "Calls to NRI plugins, by plugin, method and result (ok, error, timeout, lost).",
+    ["plugin", "method", "result"],
+    registry=REGISTRY,
+)
+NRI_SECONDS = Histogram(
+    "pyctr_nri_plugin_request_duration_seconds",
+    "Time an NRI plugin took to answer, by method.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2),
+    registry=REGISTRY,
+)
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
@@ -102,6 +116,12 @@ class RecordsCollector(Collector):
                 [], sum(1 for r in records if runtime.shims.shim_pid(runtime.task_dir(r.id)))
             )
         yield shims
+        nri = getattr(self.ctx, "nri", None)
+        plugins = GaugeMetricFamily(
+            "pyctr_nri_plugins", "NRI plugins connected and synchronized (getting events)."
+        )
+        plugins.add_metric([], len(nri.plugins) if nri is not None else 0)
+        yield plugins
 
 
 def parse_address(address: str) -> tuple[str, int]:

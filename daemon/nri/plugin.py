@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from pyctr.daemon import metrics
 from pyctr.daemon.errors import FailedPrecondition
 from pyctr.daemon.nri.ttrpc import Connection, TtrpcError
 from pyctr.proto import nri_pb2 as nri
@@ -119,19 +120,26 @@ class Plugin:
 
     async def call(self, method: str, request: Message, reply: type[M], timeout: float) -> M:
         """Call the plugin; PluginGone (and disconnected) if it does not answer in time."""
+        started = time.monotonic()
+        result = "ok"
         try:
             data = await self.conn.call(
                 f"{self.api}.Plugin", method, request.SerializeToString(), timeout
             )
         except TtrpcError as e:
-            raise FailedPrecondition(
-                f"NRI plugin {self.full_name}: {method}: {e.message}"
+            result = "error"
+            raise PluginFailed(
+                f"NRI plugin {self.full_name}: {method}: {e.message}", e.code
             ) from None
         except (TimeoutError, ConnectionError, OSError) as e:
+            result = "timeout" if isinstance(e, TimeoutError) else "lost"
             why = "timed out" if isinstance(e, TimeoutError) else f"connection lost ({e})"
             log.error("NRI plugin %s: %s %s: disconnecting it", self.full_name, method, why)
             self.close()
             raise PluginGone(f"{self.full_name}: {method} {why}") from None
+        finally:
+            metrics.NRI_CALLS.labels(self.full_name, method, result).inc()
+            metrics.NRI_SECONDS.labels(method).observe(time.monotonic() - started)
         answer = reply()
         try:
             answer.ParseFromString(data)

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images.conftest import ImageSet
 from tests.support.daemon import DaemonError, PyctrDaemon
+from tests.support.nri_plugin import Plugin, PluginError
 from tests.support.registry import free_port
 
 pytestmark = pytest.mark.root
@@ -86,3 +87,28 @@ def test_metrics_are_off_by_default_and_a_bad_address_stops_the_start(
     with pytest.raises(DaemonError):
         d.start()
     assert "metrics.address" in d.log_path.read_text()
+
+
+def test_nri_plugin_calls_are_counted(daemon_factory: Callable[..., PyctrDaemon]) -> None:
+    port = free_port()
+    d = daemon_factory(f'[metrics]\naddress = "127.0.0.1:{port}"\n')
+    assert value(scrape(port), "pyctr_nri_plugins") == 0
+    sock = str(d.base / "nri" / "nri.sock")
+    with Plugin(sock, name="metered", idx="10") as good:
+        good.start()
+        refused = Plugin(sock, name="picky", idx="20")
+
+        def refuse(req: object) -> None:
+            raise PluginError(9, "not on this node")
+
+        refused.handlers["Configure"] = refuse
+        with refused, pytest.raises(Exception):  # noqa: B017 (Configure refused, then hung up)
+            refused.start()
+        samples = scrape(port)
+        calls = "pyctr_nri_plugin_requests_total"
+        assert value(samples, calls, plugin="10-metered", method="Configure", result="ok") == 1
+        assert value(samples, calls, plugin="10-metered", method="Synchronize", result="ok") == 1
+        assert value(samples, calls, plugin="20-picky", method="Configure", result="error") == 1
+        assert value(samples, "pyctr_nri_plugin_request_duration_seconds_count",
+                     method="Configure") == 2  # fmt: skip
+        assert value(samples, "pyctr_nri_plugins") == 1
