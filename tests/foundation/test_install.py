@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pyctr.daemon.version import VERSION
+from tests.support import cgroups
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.root
@@ -77,3 +78,36 @@ def test_install_then_uninstall(tmp_path: Path) -> None:
     purged = install(env, "--uninstall", "--purge")
     assert purged.returncode == 0, purged.stderr
     assert not paths["data"].exists()
+
+
+@pytest.mark.skipif(not cgroups.SYSTEMD_BOOTED, reason="needs systemd as PID 1 (tests/vm/run)")
+def test_install_as_the_systemd_service(tmp_path: Path) -> None:
+    """The real paths, on a machine (the guest) with no pyctr installed yet."""
+    if Path("/opt/pyctr").exists() or Path("/etc/systemd/system/pyctrd.service").exists():
+        pytest.skip("pyctr is installed on this machine already")
+    env = dict(os.environ)
+    if Path("/mnt/wheels").is_dir():  # the guest has no package index: its wheels
+        env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS="/mnt/wheels", PIP_NO_BUILD_ISOLATION="0")
+    try:
+        done = install(env, "--no-packages", "--no-dev", "--no-cni")
+        assert done.returncode == 0, done.stdout + done.stderr
+        show = subprocess.run(
+            ["systemctl", "show", "pyctrd.service", "-p", "KillMode", "-p", "ActiveState",
+             "-p", "UnitFileState", "-p", "ExecStart"],
+            capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+        assert "KillMode=process" in show and "ActiveState=active" in show, show
+        assert "UnitFileState=enabled" in show and "/usr/local/bin/pyctrd" in show, show
+        version = subprocess.run(
+            ["/usr/local/bin/pyctr", "version"], capture_output=True, text=True, timeout=60
+        )
+        assert version.returncode == 0 and VERSION in version.stdout, version.stderr
+    finally:
+        gone = install(env, "--uninstall", "--purge")
+    assert gone.returncode == 0, gone.stderr
+    assert not Path("/etc/systemd/system/pyctrd.service").exists()
+    assert not Path("/opt/pyctr").exists()
+    state = subprocess.run(
+        ["systemctl", "is-active", "pyctrd.service"], capture_output=True, text=True
+    ).stdout.strip()
+    assert state in ("inactive", "unknown"), state
